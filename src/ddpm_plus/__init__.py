@@ -1,0 +1,32 @@
+"""ddpm_plus: the DDPM paper, complete and correct, inside Hugging Face diffusers."""
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names and the modules that define them; modules are imported on first use so that
+# `import ddpm_plus` (which diffusers' loader does for saved pipelines) stays cheap.
+_EXPORTS = {
+    "DDPMPlusScheduler": "scheduling_ddpm_plus",
+    "DDPMPlusSchedulerOutput": "scheduling_ddpm_plus",
+    "UniformSampler": "timestep_samplers",
+    "LossSecondMomentResampler": "timestep_samplers",
+    "create_timestep_sampler": "timestep_samplers",
+    "DDPMPlusPipeline": "pipeline_ddpm_plus",
+    "unet_config": "models",
+    "build_unet": "models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddpm_plus' has no attribute {name!r}")
+    module = importlib.import_module(f"ddpm_plus.{_EXPORTS[name]}")
+    return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
