@@ -569,10 +569,14 @@ class DDPMPlusScheduler(DDPMScheduler):
     ) -> torch.Tensor:
         """`vb_terms_bpd` given the moments of p_θ(x_{t-1} | x_t) (e.g. from `p_mean_variance`)."""
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
-        kl = _mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance))
-        decoder_nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_variance))
-        is_decoder = (self._timestep_batch(t, x0.shape[0]) == 0).to(x0.device)
-        return torch.where(is_decoder, decoder_nll, kl) / math.log(2.0)
+        nats = _mean_flat(normal_kl(true_mean, true_log_variance, mean, log_variance))
+        decoder_rows = (self._timestep_batch(t, x0.shape[0]) == 0).nonzero().squeeze(1).to(x0.device)
+        if decoder_rows.numel():  # only the t = 0 rows need (and are checked for) 8-bit data
+            log_likelihood = discretized_gaussian_log_likelihood(
+                x0[decoder_rows], mean[decoder_rows], 0.5 * log_variance[decoder_rows]
+            )
+            nats = nats.index_copy(0, decoder_rows, -_mean_flat(log_likelihood))
+        return nats / math.log(2.0)
 
     def training_losses(
         self,
