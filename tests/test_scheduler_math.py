@@ -433,26 +433,56 @@ def test_learned_variance_is_log_variance_where_diffusers_gives_nan(ref):
     np.testing.assert_allclose(ours.prev_sample.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
+def chain_coefficients(ab: float, ab_prev: float) -> tuple[float, float, float]:
+    """(c_x0, c_xt, β̃) of q(x_prev | x_t, x_0) between two points of a (respaced) chain, eq. 7."""
+    beta = 1 - ab / ab_prev
+    return (
+        math.sqrt(ab_prev) * beta / (1 - ab),
+        math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab),
+        beta * (1 - ab_prev) / (1 - ab),
+    )
+
+
 @pytest.mark.parametrize("clip", [False, True])
-def test_mean_prediction_step(ref, clip):
-    """prediction_type="mean": the output is μ_θ; with clipping the mean is re-formed from the clipped x̂_0."""
+@pytest.mark.parametrize("num_steps", [10, 1000])
+def test_mean_prediction_step(ref, clip, num_steps):
+    """prediction_type="mean": the output is μ_θ of the training chain's step t → t-1.
+
+    Without respacing or clipping μ_θ is used as is; otherwise x̂_0 is recovered from μ_θ with the training-chain
+    coefficients and the (respaced) posterior mean is formed from it.
+    """
     x = torch.linspace(-1, 1, 48, dtype=torch.float64).reshape(1, 3, 4, 4)
     mean = torch.linspace(0.8, -1.3, 48, dtype=torch.float64).reshape(1, 3, 4, 4)
     s = DDPMPlusScheduler(prediction_type="mean", clip_sample=clip)
-    s.set_timesteps(10)
-    t = int(s.timesteps[3])
-    prev_t = int(s.timesteps[4])
+    s.set_timesteps(num_steps)
+    index = 3 if num_steps == 10 else 400
+    t, prev_t = int(s.timesteps[index]), int(s.timesteps[index + 1])
     out = s.step(mean, t, x, generator=torch.manual_seed(0))
     noise = torch.randn(x.shape, generator=torch.manual_seed(0), dtype=torch.float64).numpy()
-    ab, ab_prev = ref.abar[t], ref.abar[prev_t]
-    beta = 1 - ab / ab_prev
-    c_x0, c_xt = math.sqrt(ab_prev) * beta / (1 - ab), math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)
-    sigma = math.sqrt(beta * (1 - ab_prev) / (1 - ab))
-    x0 = (mean.numpy() - c_xt * x.numpy()) / c_x0
+    train_x0, train_xt, _ = chain_coefficients(ref.abar[t], ref.abar[t - 1])
+    step_x0, step_xt, step_var = chain_coefficients(ref.abar[t], ref.abar[prev_t])
+    x0 = (mean.numpy() - train_xt * x.numpy()) / train_x0
     if clip:
         x0 = np.clip(x0, -1, 1)
-        expected_mean = c_x0 * x0 + c_xt * x.numpy()
-    else:
-        expected_mean = mean.numpy()
-    np.testing.assert_allclose(out.pred_original_sample.numpy(), x0, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(out.prev_sample.numpy(), expected_mean + sigma * noise, rtol=1e-6, atol=1e-6)
+    expected_mean = mean.numpy() if (not clip and prev_t == t - 1) else step_x0 * x0 + step_xt * x.numpy()
+    # the sampling path uses diffusers' float32 coefficient tables, hence float32-level agreement
+    np.testing.assert_allclose(out.pred_original_sample.numpy(), x0, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(
+        out.prev_sample.numpy(), expected_mean + math.sqrt(step_var) * noise, rtol=2e-5, atol=2e-5
+    )
+
+
+def test_mean_prediction_matches_equivalent_epsilon_output():
+    """The same μ_θ given as "mean" or converted to ε gives the same respaced samples."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    as_eps = DDPMPlusScheduler(clip_sample=False)
+    as_mean = DDPMPlusScheduler(prediction_type="mean", clip_sample=False)
+    for s in (as_eps, as_mean):
+        s.set_timesteps(25)
+    for t in as_eps.timesteps[::6]:
+        mean = as_mean.convert_model_output(eps, x, int(t), to="mean", prediction_type="epsilon")
+        a = as_eps.step(eps, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        b = as_mean.step(mean, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -14,8 +14,14 @@ _EXPORTS = {
     "LossSecondMomentResampler": "timestep_samplers",
     "create_timestep_sampler": "timestep_samplers",
     "DDPMPlusPipeline": "pipeline_ddpm_plus",
+    "DDPMPlusPosteriorPipeline": "pipeline_ddpm_plus_posterior",
     "unet_config": "models",
     "build_unet": "models",
+    "available_configs": "models",
+    "save_unet_config": "models",
+    "downsampling_factor": "models",
+    "load_image_dataset": "data",
+    "make_grid": "data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -315,8 +315,10 @@ class DDPMPlusScheduler(DDPMScheduler):
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        stochasticity: float | None = None,
     ) -> DDPMPlusSchedulerOutput | tuple:
-        """One ancestral step x_t → x_{t-1} (Algorithm 2), bitwise identical to `DDPMScheduler.step`.
+        """One reverse step x_t → x_{t-1}; by default the ancestral step of Algorithm 2, bitwise identical to
+        `DDPMScheduler.step`.
 
         Args:
             model_output: the network output; with `learned`/`learned_range` variances it has twice the channels
@@ -325,6 +327,13 @@ class DDPMPlusScheduler(DDPMScheduler):
             sample: the current sample x_t.
             generator: a generator or a list of generators (one per batch element) for the noise.
             return_dict: return a `DDPMPlusSchedulerOutput` instead of a tuple.
+            stochasticity: the free noise level η ∈ [0, 1] of the reverse SDE
+                dx = [a x + ((b² + c²)/2) ∇log p_t] dt + c dW with c = η b (MATH.md, "The SDE view"), discretized
+                as x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 - ᾱ_{t-1} - η²σ_t²) ε̂ + η σ_t z (Song et al. 2021, eq. 12), where
+                σ_t is the configured step noise. η = 1 with `fixed_small` is ancestral DDPM sampling, η = 0 the
+                deterministic probability-flow / DDIM limit (no noise is drawn). `None` (default) keeps diffusers'
+                exact DDPM step. Deliberately not named `eta`: Stable Diffusion pipelines pass `eta=0.0` to every
+                `step` that accepts it.
         """
         t = timestep
         prev_t = self.previous_timestep(t)
@@ -335,28 +344,81 @@ class DDPMPlusScheduler(DDPMScheduler):
         coeffs = posterior_coefficients(alpha_prod_t, alpha_prod_t_prev)
 
         prediction_type = self.config.prediction_type
-        pred_original_sample = predict_original_sample(model_output, sample, coeffs, prediction_type)
+        pred_original_sample = predict_original_sample(
+            model_output, sample, self._output_coefficients(t, coeffs), prediction_type
+        )
         pred_original_sample = self._clip_or_threshold(pred_original_sample)
 
-        if prediction_type == "mean" and not (self.config.thresholding or self.config.clip_sample):
+        if stochasticity is not None:
+            pred_prev_sample = self._generalized_step(
+                pred_original_sample, sample, coeffs, predicted_variance, t, stochasticity, generator
+            )
+        else:
+            pred_prev_sample = self._ancestral_step(
+                model_output, pred_original_sample, sample, coeffs, predicted_variance, t, prev_t, generator
+            )
+
+        if not return_dict:
+            return (pred_prev_sample, pred_original_sample)
+        return DDPMPlusSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
+
+    def _output_coefficients(self, t: int | torch.Tensor, coeffs: PosteriorCoefficients) -> PosteriorCoefficients:
+        """Coefficients that define the network output: a "mean" output is μ_θ of the training chain's step
+        t → t-1, whatever the (respaced) step being taken; the other parameterizations depend on ᾱ_t only."""
+        if self.config.prediction_type != "mean":
+            return coeffs
+        alpha_prod_t_minus_1 = self.alphas_cumprod[t - 1] if t > 0 else self.one
+        return posterior_coefficients(coeffs.alpha_prod_t, alpha_prod_t_minus_1)
+
+    def _ancestral_step(
+        self,
+        model_output: torch.Tensor,
+        pred_original_sample: torch.Tensor,
+        sample: torch.Tensor,
+        coeffs: PosteriorCoefficients,
+        predicted_variance: torch.Tensor | None,
+        t: int | torch.Tensor,
+        prev_t: int | torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """x_{t-1} = μ + σ_t z (Algorithm 2) with diffusers' operation order; noise is drawn when the current t > 0."""
+        unchanged_mean = not (self.config.thresholding or self.config.clip_sample) and prev_t == t - 1
+        if self.config.prediction_type == "mean" and unchanged_mean:
             pred_prev_sample = model_output  # the network's μ_θ is used as is
         else:
             pred_prev_sample = (
                 coeffs.pred_original_sample_coeff * pred_original_sample + coeffs.current_sample_coeff * sample
             )
-
         variance = 0
         if t > 0:
             variance_noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+                sample.shape, generator=generator, device=sample.device, dtype=model_output.dtype
             )
             variance = self._noise_scale(coeffs, predicted_variance) * variance_noise
+        return pred_prev_sample + variance
 
-        pred_prev_sample = pred_prev_sample + variance
-
-        if not return_dict:
-            return (pred_prev_sample, pred_original_sample)
-        return DDPMPlusSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
+    def _generalized_step(
+        self,
+        pred_original_sample: torch.Tensor,
+        sample: torch.Tensor,
+        coeffs: PosteriorCoefficients,
+        predicted_variance: torch.Tensor | None,
+        t: int | torch.Tensor,
+        stochasticity: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 - ᾱ_{t-1} - η²σ_t²) ε̂ + η σ_t z, ε̂ consistent with x̂_0 (eq. 4)."""
+        if not 0.0 <= stochasticity <= 1.0:
+            raise ValueError(f"stochasticity must lie in [0, 1], got {stochasticity}.")
+        alpha_prod_t, alpha_prod_t_prev = coeffs.alpha_prod_t, coeffs.alpha_prod_t_prev
+        pred_epsilon = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / (1 - alpha_prod_t) ** (0.5)
+        std = stochasticity * self._noise_scale(coeffs, predicted_variance)
+        direction = torch.clamp(1 - alpha_prod_t_prev - std**2, min=0) ** (0.5)
+        pred_prev_sample = alpha_prod_t_prev ** (0.5) * pred_original_sample + direction * pred_epsilon
+        if t > 0 and stochasticity > 0:
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            pred_prev_sample = pred_prev_sample + std * noise
+        return pred_prev_sample
 
     def _clip_or_threshold(self, pred_original_sample: torch.Tensor) -> torch.Tensor:
         if self.config.thresholding:

@@ -1,0 +1,111 @@
+"""Stochasticity-controlled sampling (the reverse SDE with a free noise level c = η b, MATH.md "The SDE view")."""
+
+import inspect
+import math
+
+import pytest
+import torch
+
+from ddpm_plus import DDPMPlusScheduler
+
+M, S = 0.1, 0.3  # data x_0 ~ N(M, S²) per dimension
+
+
+def optimal_epsilon(scheduler: DDPMPlusScheduler, x: torch.Tensor, t) -> torch.Tensor:
+    """Bayes-optimal ε*(x_t) = √(1-ᾱ)(x_t - √ᾱ M) / (ᾱ S² + 1 - ᾱ) for Gaussian data."""
+    ab = scheduler.alphas_cumprod[int(t)].double().item()
+    return math.sqrt(1 - ab) * (x - math.sqrt(ab) * M) / (ab * S**2 + 1 - ab)
+
+
+def exact_output_moments(scheduler: DDPMPlusScheduler, eta: float) -> tuple[float, float]:
+    """Mean and variance of the sampler's output, propagated exactly: with ε* every step is linear-Gaussian,
+    x_{t-1} = A x_t + B + η σ_t z, so (μ, v) ← (A μ + B, A² v + η² σ_t²), starting from N(0, 1)."""
+    ab_table = scheduler.alphas_cumprod.double()
+    timesteps = scheduler.timesteps.tolist()
+    mean, var = 0.0, 1.0
+    for i, t in enumerate(timesteps):
+        ab = ab_table[t].item()
+        ab_prev = ab_table[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        k = math.sqrt(1 - ab) / (ab * S**2 + 1 - ab)  # ε* = k (x - √ᾱ M)
+        x0_gain, x0_bias = (1 - math.sqrt(1 - ab) * k) / math.sqrt(ab), math.sqrt(1 - ab) * k * M
+        beta = 1 - ab / ab_prev
+        std = eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * beta, 1e-20))
+        direction = math.sqrt(max(1 - ab_prev - std**2, 0.0))
+        gain = math.sqrt(ab_prev) * x0_gain + direction * k
+        bias = math.sqrt(ab_prev) * x0_bias - direction * k * math.sqrt(ab) * M
+        mean, var = gain * mean + bias, gain**2 * var + (std**2 if t > 0 else 0.0)
+    return mean, var
+
+
+def sample_gaussian_data(eta: float, steps: int, n: int, seed: int = 0) -> torch.Tensor:
+    scheduler = DDPMPlusScheduler(clip_sample=False)
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 1, 1, generator=generator, dtype=torch.float64)
+    for t in scheduler.timesteps:
+        x = scheduler.step(optimal_epsilon(scheduler, x, t), t, x, generator=generator, stochasticity=eta).prev_sample
+    return x.flatten()
+
+
+def test_step_has_no_eta_argument():
+    """Stable Diffusion pipelines pass eta=0.0 to any step() that accepts it; our knob has another name."""
+    assert "eta" not in inspect.signature(DDPMPlusScheduler.step).parameters
+
+
+def test_zero_stochasticity_is_deterministic():
+    scheduler = DDPMPlusScheduler()
+    scheduler.set_timesteps(20)
+    x_T = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    results = []
+    for seed in (1, 2):
+        generator, x = torch.Generator().manual_seed(seed), x_T
+        for t in scheduler.timesteps:
+            x = scheduler.step(0.5 * x, t, x, generator=generator, stochasticity=0.0).prev_sample
+        results.append(x)
+        assert torch.equal(generator.get_state(), torch.Generator().manual_seed(seed).get_state())  # no draws
+    assert torch.equal(results[0], results[1])
+
+
+def test_full_stochasticity_is_ancestral_sampling():
+    """η = 1 with fixed_small is the DDPM step (mathematically; float32 coefficients, hence 1e-5)."""
+    scheduler = DDPMPlusScheduler(clip_sample=False)
+    scheduler.set_timesteps(30)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    for t in scheduler.timesteps[::7]:
+        ancestral = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
+        generalized = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(5), stochasticity=1.0)
+        torch.testing.assert_close(generalized.prev_sample, ancestral, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_gaussian_data_moments(eta):
+    """Samples match the exact moments of the discrete sampler (within 4 standard errors), and those moments
+    approach the data's N(M, S²) as the number of steps grows (the remaining gap is discretization error)."""
+    n, steps = 20000, 1000
+    x = sample_gaussian_data(eta, steps, n)
+    scheduler = DDPMPlusScheduler(clip_sample=False)
+    scheduler.set_timesteps(steps)
+    mean, var = exact_output_moments(scheduler, eta)
+    se_mean, se_var = math.sqrt(var / n), var * math.sqrt(2 / (n - 1))
+    assert abs(x.mean().item() - mean) < 4 * se_mean
+    assert abs(x.var().item() - var) < 4 * se_var
+    # data moments within Monte-Carlo error plus the sampler's exact discretization bias
+    assert abs(x.mean().item() - M) < 4 * se_mean + abs(mean - M)
+    assert abs(x.var().item() - S**2) < 4 * se_var + abs(var - S**2)
+    # the discretization bias shrinks with the number of steps and is small at T steps
+    gaps = []
+    for coarse in (100, 250, 1000):
+        scheduler.set_timesteps(coarse)
+        gaps.append(abs(exact_output_moments(scheduler, eta)[1] / S**2 - 1))
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.03
+    assert abs(mean - M) < 1e-3
+
+
+def test_bad_stochasticity():
+    scheduler = DDPMPlusScheduler()
+    scheduler.set_timesteps(5)
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"stochasticity must lie in \[0, 1\]"):
+        scheduler.step(x, scheduler.timesteps[0], x, stochasticity=-0.1)
