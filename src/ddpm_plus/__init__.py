@@ -5,8 +5,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# Public names and the modules that define them; modules are imported on first use so that
-# `import ddpm_plus` (which diffusers' loader does for saved pipelines) stays cheap.
+# diffusers' loader resolves a saved component such as ["ddpm_plus.scheduling_ddpm_plus", "DDPMPlusScheduler"] only
+# among modules that are already imported, so `import ddpm_plus` imports the scheduler module (torch, numpy and
+# diffusers only). Every other public name is imported on first use.
+from . import scheduling_ddpm_plus  # noqa: F401
+
+# Public names and the modules that define them.
 _EXPORTS = {
     "DDPMPlusScheduler": "scheduling_ddpm_plus",
     "DDPMPlusSchedulerOutput": "scheduling_ddpm_plus",

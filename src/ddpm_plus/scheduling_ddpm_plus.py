@@ -23,6 +23,10 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler, rescale_zero_terminal_snr
+
+# diffusers' pipeline loader finds a component's load method by looking up its base-class names in the component's
+# module, so SchedulerMixin must be a name of this module.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
