@@ -5,36 +5,11 @@ import math
 
 import pytest
 import torch
+from gaussian_reference import exact_sampler_moments, optimal_epsilon
 
 from ddpm_plus import DDPMPlusScheduler
 
 M, S = 0.1, 0.3  # data x_0 ~ N(M, S²) per dimension
-
-
-def optimal_epsilon(scheduler: DDPMPlusScheduler, x: torch.Tensor, t) -> torch.Tensor:
-    """Bayes-optimal ε*(x_t) = √(1-ᾱ)(x_t - √ᾱ M) / (ᾱ S² + 1 - ᾱ) for Gaussian data."""
-    ab = scheduler.alphas_cumprod[int(t)].double().item()
-    return math.sqrt(1 - ab) * (x - math.sqrt(ab) * M) / (ab * S**2 + 1 - ab)
-
-
-def exact_output_moments(scheduler: DDPMPlusScheduler, eta: float) -> tuple[float, float]:
-    """Mean and variance of the sampler's output, propagated exactly: with ε* every step is linear-Gaussian,
-    x_{t-1} = A x_t + B + η σ_t z, so (μ, v) ← (A μ + B, A² v + η² σ_t²), starting from N(0, 1)."""
-    ab_table = scheduler.alphas_cumprod.double()
-    timesteps = scheduler.timesteps.tolist()
-    mean, var = 0.0, 1.0
-    for i, t in enumerate(timesteps):
-        ab = ab_table[t].item()
-        ab_prev = ab_table[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
-        k = math.sqrt(1 - ab) / (ab * S**2 + 1 - ab)  # ε* = k (x - √ᾱ M)
-        x0_gain, x0_bias = (1 - math.sqrt(1 - ab) * k) / math.sqrt(ab), math.sqrt(1 - ab) * k * M
-        beta = 1 - ab / ab_prev
-        std = eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * beta, 1e-20))
-        direction = math.sqrt(max(1 - ab_prev - std**2, 0.0))
-        gain = math.sqrt(ab_prev) * x0_gain + direction * k
-        bias = math.sqrt(ab_prev) * x0_bias - direction * k * math.sqrt(ab) * M
-        mean, var = gain * mean + bias, gain**2 * var + (std**2 if t > 0 else 0.0)
-    return mean, var
 
 
 def sample_gaussian_data(eta: float, steps: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -43,7 +18,13 @@ def sample_gaussian_data(eta: float, steps: int, n: int, seed: int = 0) -> torch
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 1, 1, generator=generator, dtype=torch.float64)
     for t in scheduler.timesteps:
-        x = scheduler.step(optimal_epsilon(scheduler, x, t), t, x, generator=generator, stochasticity=eta).prev_sample
+        x = scheduler.step(
+            optimal_epsilon(scheduler.alphas_cumprod[t].item(), x, M, S**2),
+            t,
+            x,
+            generator=generator,
+            stochasticity=eta,
+        ).prev_sample
     return x.flatten()
 
 
@@ -87,7 +68,7 @@ def test_gaussian_data_moments(eta):
     x = sample_gaussian_data(eta, steps, n)
     scheduler = DDPMPlusScheduler(clip_sample=False)
     scheduler.set_timesteps(steps)
-    mean, var = exact_output_moments(scheduler, eta)
+    mean, var = exact_sampler_moments(scheduler, eta, M, S**2)
     se_mean, se_var = math.sqrt(var / n), var * math.sqrt(2 / (n - 1))
     assert abs(x.mean().item() - mean) < 4 * se_mean
     assert abs(x.var().item() - var) < 4 * se_var
@@ -98,7 +79,7 @@ def test_gaussian_data_moments(eta):
     gaps = []
     for coarse in (100, 250, 1000):
         scheduler.set_timesteps(coarse)
-        gaps.append(abs(exact_output_moments(scheduler, eta)[1] / S**2 - 1))
+        gaps.append(abs(exact_sampler_moments(scheduler, eta, M, S**2)[1] / S**2 - 1))
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.03
     assert abs(mean - M) < 1e-3
 

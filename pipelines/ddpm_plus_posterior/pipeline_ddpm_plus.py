@@ -1,0 +1,409 @@
+# Copyright 2026 The ddpm_plus authors. Licensed under the Apache License, Version 2.0.
+"""DDPMPlusPipeline: unconditional DDPM sampling (Algorithm 2) and exact bits/dim (eq. 5) in one diffusers pipeline.
+
+This file follows diffusers' single-file policy: it imports only torch, numpy, diffusers and the sibling scheduler
+module, so it travels inside Hub repositories. `save_pretrained` copies this file and the scheduler file into the
+saved directory and records them in `model_index.json`, so the directory loads with plain diffusers:
+`DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`. With the ddpm_plus package installed,
+`DDPMPlusPipeline.from_pretrained(path)` loads the same directory without running any code from it.
+
+Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
+"""
+
+import importlib
+import inspect
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.utils import BaseOutput, is_torch_xla_available
+from diffusers.utils.torch_utils import randn_tensor
+
+from .scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler, check_8bit_data, check_choice
+
+if is_torch_xla_available():
+    import torch_xla.core.xla_model as xm
+
+    XLA_AVAILABLE = True
+else:
+    XLA_AVAILABLE = False
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+# The code files a saved directory ships, and the `model_index.json` entries that point at them. diffusers resolves
+# the pipeline's relative scheduler import next to the pipeline file, so the scheduler file sits at the root too.
+PIPELINE_FILE = "pipeline_ddpm_plus.py"
+SCHEDULER_FILE = "scheduling_ddpm_plus.py"
+PIPELINE_ENTRY = [Path(PIPELINE_FILE).stem, "DDPMPlusPipeline"]
+SCHEDULER_ENTRY = [Path(SCHEDULER_FILE).stem, "DDPMPlusScheduler"]
+
+
+@dataclass
+class LikelihoodOutput(BaseOutput):
+    """Per-image terms of the variational bound (eq. 5), in bits/dim.
+
+    Args:
+        bits_per_dim: the bound L = L_T + Σ_{t>1} L_{t-1} + L_0 per image, shape (B,).
+        prior_bpd: the prior term L_T per image, shape (B,).
+        terms_bpd: shape (B, T); column t (0-based, as diffusers' timesteps) is the KL term L_t for t > 0 and the
+            discretized decoder NLL L_0 for t = 0.
+    """
+
+    bits_per_dim: torch.Tensor
+    prior_bpd: torch.Tensor
+    terms_bpd: torch.Tensor
+
+
+def source_file(kind: str) -> Path:
+    """Path of the code file shipped in saved directories: `kind` is "pipeline" or "scheduler".
+
+    The files are read from where the running classes were imported, so a pipeline loaded with
+    `trust_remote_code=True` (without the ddpm_plus package) saves self-contained directories as well.
+    """
+    check_choice("code file kind", kind, ("pipeline", "scheduler"))
+    return Path(inspect.getfile(DDPMPlusPipeline if kind == "pipeline" else DDPMPlusScheduler))
+
+
+class DDPMPlusPipeline(DiffusionPipeline):
+    """Unconditional image generation with a DDPM, plus the exact variational bound in bits/dim.
+
+    Sampling is the same computation as diffusers' `DDPMPipeline` (same noise draws, same scheduler calls, same
+    post-processing), so with a DDPM scheduler configuration it gives bitwise-identical images for the same UNet
+    and generator. A diffusers `DDPMScheduler` passed in is converted to `DDPMPlusScheduler` with `from_config`
+    (same configuration and samples), which adds the likelihood math; other schedulers are used as they are for
+    sampling.
+
+    Args:
+        unet: a `UNet2DModel`; for `variance_type="learned"` or `"learned_range"` it outputs twice its input
+            channels (the second half parameterizes the variance).
+        scheduler: a `DDPMPlusScheduler` (or a scheduler to sample with, see above).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMPlusScheduler):
+        super().__init__()
+        if type(scheduler) is DDPMScheduler:
+            scheduler = DDPMPlusScheduler.from_config(scheduler.config)
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self._check_components()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Sampling
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        stochasticity: float | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images by ancestral sampling (Algorithm 2).
+
+        Args:
+            batch_size: number of images.
+            generator: a `torch.Generator`, or one per image for per-image reproducibility.
+            num_inference_steps: number of denoising steps, 1..num_train_timesteps (fewer steps respace the chain).
+            output_type: "pil" (list of `PIL.Image`), "np" (float array (B, H, W, C) in [0, 1]) or "pt" (float
+                tensor (B, C, H, W) in [0, 1]).
+            return_dict: return an `ImagePipelineOutput` instead of a 1-tuple.
+            stochasticity: the reverse-SDE noise level η ∈ [0, 1] of `DDPMPlusScheduler.step` (0: deterministic
+                probability-flow / DDIM limit, 1: ancestral); `None` (default) is the DDPM step, bitwise identical
+                to diffusers' `DDPMPipeline`.
+        """
+        self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
+        self._check_components()
+        image_shape = (batch_size, self.unet.config.in_channels, *self._image_size())
+
+        # The initial noise is drawn as diffusers' DDPMPipeline draws it (on the CPU for "mps").
+        device = self._execution_device
+        if device.type == "mps":
+            image = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
+        else:
+            image = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
+
+        self.scheduler.set_timesteps(num_inference_steps)
+        step_kwargs = {} if stochasticity is None else {"stochasticity": stochasticity}
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.unet(image, t).sample
+            image = self.scheduler.step(model_output, t, image, generator=generator, **step_kwargs).prev_sample
+            if XLA_AVAILABLE:
+                xm.mark_step()
+        return self._output(image, output_type, return_dict)
+
+    def _output(self, image: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+        """Samples in [-1, 1] as diffusers' DDPMPipeline returns them: [0, 1] tensors, arrays or PIL images."""
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _image_size(self) -> tuple[int, int]:
+        sample_size = self.unet.config.sample_size
+        return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+
+    def _check_sampling_arguments(
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        num_inference_steps: int,
+        output_type: str,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be an integer between 1 and the scheduler's num_train_timesteps "
+                f"({num_train_timesteps}), got {num_inference_steps!r}."
+            )
+        _check_generator_list(generator, batch_size)
+
+    def _check_components(self) -> None:
+        """Raise a `ValueError` when the UNet's output channels do not fit the scheduler's variance type."""
+        in_channels, out_channels = self.unet.config.in_channels, self.unet.config.out_channels
+        variance_type = self.scheduler.config.get("variance_type")
+        learned = variance_type in LEARNED_VARIANCE_TYPES
+        expected = 2 * in_channels if learned else in_channels
+        if out_channels != expected:
+            hint = (
+                "a learned-variance model needs twice its input channels"
+                if learned
+                else "a UNet with doubled output channels needs variance_type 'learned_range' or 'learned'"
+            )
+            raise ValueError(
+                f"The UNet has {in_channels} input and {out_channels} output channels, but the scheduler's "
+                f"variance_type={variance_type!r} needs {expected} output channels: {hint}."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Likelihood
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def log_likelihood(
+        self,
+        images: Any,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        clip_denoised: bool = False,
+        return_dict: bool = True,
+    ) -> LikelihoodOutput | tuple:
+        """The variational bound on -log p_θ(x_0) in bits/dim (eq. 5), summed exactly over all T timesteps.
+
+        For each t = T-1, ..., 0 (0-based), one x_t ~ q(x_t | x_0) is drawn (eq. 4), the UNet is evaluated on it,
+        and the scheduler's `vb_terms_bpd` gives the KL term (t > 0) or the discretized decoder NLL (t = 0,
+        eq. 13); `prior_bpd` gives L_T. This is one network call per timestep for the whole batch; the UNet runs in
+        eval mode (no dropout) and its train/eval mode is restored afterwards. Computed in float32 (float64 for a
+        float64 UNet).
+
+        Args:
+            images: 8-bit images: a float tensor (B, C, H, W) on the grid k/127.5 - 1 in [-1, 1], a uint8 tensor
+                (B, C, H, W), a uint8 array (B, H, W, C) or (B, H, W), or a PIL image or list of PIL images.
+            generator: a `torch.Generator`, or one per image, for the noise of q(x_t | x_0).
+            clip_denoised: clip the predicted x_0 to [-1, 1] before forming the mean of p_θ(x_{t-1} | x_t).
+            return_dict: return a `LikelihoodOutput` instead of a tuple (bits_per_dim, prior_bpd, terms_bpd).
+        """
+        self._check_components()
+        if not hasattr(self.scheduler, "vb_terms_bpd"):
+            raise ValueError(
+                f"log_likelihood needs the DDPM+ scheduler math; {type(self.scheduler).__name__} has none. Use "
+                "`pipe.scheduler = DDPMPlusScheduler.from_config(pipe.scheduler.config)`."
+            )
+        device = self._execution_device
+        compute_dtype = torch.float64 if self.unet.dtype == torch.float64 else torch.float32
+        x0 = self._as_model_images(images).to(device=device, dtype=compute_dtype)
+        batch_size = x0.shape[0]
+        _check_generator_list(generator, batch_size)
+
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        terms = x0.new_zeros(batch_size, num_train_timesteps)
+        was_training = self.unet.training
+        self.unet.eval()  # the bound is a property of the deterministic network: no dropout
+        try:
+            for t in self.progress_bar(range(num_train_timesteps - 1, -1, -1)):
+                noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=compute_dtype)
+                x_t = self.scheduler.q_sample(x0, noise, t)
+                timesteps = torch.full((batch_size,), t, device=device, dtype=torch.long)
+                model_output = self.unet(x_t.to(self.unet.dtype), timesteps).sample.to(compute_dtype)
+                terms[:, t] = self.scheduler.vb_terms_bpd(model_output, x0, x_t, t, clip_denoised=clip_denoised)
+        finally:
+            self.unet.train(was_training)
+        prior = self.scheduler.prior_bpd(x0)
+        bits_per_dim = prior + terms.sum(dim=1)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (bits_per_dim, prior, terms)
+        return LikelihoodOutput(bits_per_dim=bits_per_dim, prior_bpd=prior, terms_bpd=terms)
+
+    def _as_model_images(self, images: Any) -> torch.Tensor:
+        """8-bit images as a float tensor (B, C, H, W) in [-1, 1], checked against the UNet's input shape."""
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4:
+                raise ValueError(f"Image tensors must have shape (B, C, H, W), got {tuple(images.shape)}.")
+            if images.dtype == torch.uint8:
+                x0 = images.to(torch.float32) / 127.5 - 1
+            elif images.dtype in (torch.float32, torch.float64):
+                x0 = images
+            else:
+                raise ValueError(f"Image tensors must be uint8, float32 or float64, got {images.dtype}.")
+        else:
+            x0 = _uint8_arrays_to_tensor(images)
+        expected = (self.unet.config.in_channels, *self._image_size())
+        if tuple(x0.shape[1:]) != expected:
+            raise ValueError(
+                f"The UNet takes images of shape (B, {', '.join(map(str, expected))}), got {tuple(x0.shape)}."
+            )
+        check_8bit_data(x0, name="images")
+        return x0
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Saving, loading, Hub
+    # ------------------------------------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Save weights (safetensors), configs and the code files that make the directory self-contained.
+
+        Besides diffusers' layout, the directory gets `pipeline_ddpm_plus.py` and `scheduling_ddpm_plus.py` (copied
+        from the running modules, also into `scheduler/`), and `model_index.json` names them, so plain diffusers
+        loads it with `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`.
+
+        Args:
+            save_directory: the directory to write (created if missing).
+            safe_serialization: must be True: weights are only written as safetensors.
+            variant: weights variant, as in diffusers (e.g. "fp16").
+            max_shard_size: shard large weights, as in diffusers.
+            push_to_hub: afterwards upload the directory with a model card (see `push_to_hub`); `kwargs` then take
+                `repo_id` (default: the directory's name) and `push_to_hub`'s arguments.
+        """
+        if not safe_serialization:
+            raise ValueError("DDPMPlusPipeline saves weights as safetensors only; pickle files are not written.")
+        super().save_pretrained(save_directory, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+        self._write_custom_code(Path(save_directory))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", Path(save_directory).absolute().name)
+            _package_hub_module().push_saved_pipeline(save_directory, repo_id, **kwargs)
+
+    def _write_custom_code(self, directory: Path) -> None:
+        """Copy the pipeline and scheduler code into `directory` and point `model_index.json` at them."""
+        shutil.copyfile(source_file("pipeline"), directory / PIPELINE_FILE)
+        shutil.copyfile(source_file("scheduler"), directory / SCHEDULER_FILE)
+        index_path = directory / self.config_name
+        model_index = json.loads(index_path.read_text(encoding="utf-8"))
+        model_index.pop("_name_or_path", None)  # where it was loaded from: a local path has no meaning elsewhere
+        model_index["_class_name"] = PIPELINE_ENTRY
+        if type(self.scheduler).__name__ == SCHEDULER_ENTRY[1]:
+            shutil.copyfile(source_file("scheduler"), directory / "scheduler" / SCHEDULER_FILE)
+            model_index["scheduler"] = SCHEDULER_ENTRY
+        index_path.write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | Path) -> dict[str, Any]:
+        """Read `model_index.json`, resolving the custom-code entries of saved directories to this class.
+
+        `DiffusionPipeline.from_pretrained` and `download` read `model_index.json` through this hook. A directory
+        written by `save_pretrained` names the shipped code files, which diffusers would only run with
+        `trust_remote_code=True`; when this class loads it, the pipeline is this class and the scheduler is read as a
+        `DDPMScheduler` configuration (the same 15 keys), which `__init__` converts to `DDPMPlusScheduler`. No code
+        from the directory runs.
+        """
+        config = super()._dict_from_json_file(json_file)
+        if config.get("_class_name") == PIPELINE_ENTRY:
+            config["_class_name"] = cls.__name__
+        for name, entry in config.items():
+            if entry == SCHEDULER_ENTRY:
+                config[name] = ["diffusers", "DDPMScheduler"]
+        return config
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool = False,
+        token: str | None = None,
+        create_pr: bool = False,
+        **model_card_kwargs: Any,
+    ) -> Any:
+        """Upload the pipeline (weights, configs, code files) with a model card to the Hub; needs ddpm_plus.
+
+        Args:
+            repo_id: "user/name" of the model repository (created if missing).
+            commit_message: the commit message.
+            private: create the repository as private.
+            token: a Hub token (used for the requests only; it is never written anywhere).
+            create_pr: open a pull request instead of committing to main.
+            model_card_kwargs: `ddpm_plus.hub.write_model_card` arguments (bits_per_dim, training_args,
+                dataset_name, sample_grid, license, ...).
+
+        Returns:
+            The `huggingface_hub.CommitInfo` of the upload.
+        """
+        return _package_hub_module().push_pipeline_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            **model_card_kwargs,
+        )
+
+
+def _check_generator_list(generator: torch.Generator | list[torch.Generator] | None, batch_size: int) -> None:
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}; pass one per image.")
+
+
+def _uint8_arrays_to_tensor(images: np.ndarray | Sequence[Any] | Any) -> torch.Tensor:
+    """uint8 arrays (B, H, W, C) / (B, H, W), or PIL image(s), as a float tensor (B, C, H, W) in [-1, 1]."""
+    if isinstance(images, np.ndarray):
+        pixels = images
+    else:
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        pixels = np.stack([np.asarray(image) for image in batch])
+    if pixels.dtype != np.uint8:
+        raise ValueError(
+            f"Image arrays must be uint8 (8-bit data), got {pixels.dtype}; pass float images as a tensor "
+            "(B, C, H, W) on the 8-bit grid in [-1, 1]."
+        )
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    if pixels.ndim != 4:
+        raise ValueError(f"Image arrays must have shape (B, H, W, C) or (B, H, W), got {pixels.shape}.")
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
+
+
+def _package_hub_module() -> Any:
+    """`ddpm_plus.hub`, which renders the model card from the package's template (imported on demand only)."""
+    try:
+        return importlib.import_module("ddpm_plus.hub")
+    except ImportError as error:
+        raise ImportError(
+            "Pushing to the Hub writes a model card from the ddpm_plus package's template; install ddpm_plus "
+            "(`pip install ddpm_plus`) to use it."
+        ) from error

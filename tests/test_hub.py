@@ -1,0 +1,450 @@
+"""Saving and loading DDPMPlusPipeline: safetensors round trips, self-contained directories that load with plain
+diffusers (ddpm_plus hidden), plain DDPM directories, community pipelines, model cards and Hub uploads."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler
+from huggingface_hub import HfApi, ModelCard, RepoUrl
+from pipeline_fixtures import SCHEDULER_CONFIG, generators, random_uint8_images, tiny_unet
+
+import ddpm_plus.hub as hub
+from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, source_file
+from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+SEEDS = [1, 2]
+# A non-default configuration, so that a lossy round trip would show.
+CUSTOM_CONFIG = {
+    **SCHEDULER_CONFIG,
+    "beta_schedule": "squaredcos_cap_v2",
+    "variance_type": "learned_range",
+    "prediction_type": "v_prediction",
+    "clip_sample": False,
+}
+SAVED_FILES = {
+    "model_index.json",
+    "pipeline_ddpm_plus.py",
+    "scheduling_ddpm_plus.py",
+    "scheduler/scheduler_config.json",
+    "scheduler/scheduling_ddpm_plus.py",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+}
+FAKE_TOKEN = "hf_" + "FakeTokenThatMustNeverBeWritten0123"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread; fresh processes use one thread too, for bitwise comparisons."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def custom_pipeline() -> DDPMPlusPipeline:
+    pipe = DDPMPlusPipeline(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(batch_size=2, generator=generators(SEEDS), num_inference_steps=STEPS, output_type="np").images
+
+
+def public_config(component) -> dict:
+    """The configuration without diffusers' bookkeeping keys, tuples as lists (as JSON stores them)."""
+    return json.loads(json.dumps({key: value for key, value in component.config.items() if not key.startswith("_")}))
+
+
+def relative_files(directory: Path) -> set[str]:
+    return {path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file()}
+
+
+def fresh_process(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HOME": str(cwd / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# save_pretrained / from_pretrained with ddpm_plus
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, DDPMPlusPipeline]:
+    pipe = custom_pipeline()
+    directory = tmp_path_factory.mktemp("saved") / "pipeline"
+    pipe.save_pretrained(directory)
+    return directory, pipe
+
+
+def test_saved_directory_is_self_contained_safetensors_only(saved):
+    directory, _ = saved
+    assert relative_files(directory) == SAVED_FILES
+    for copy, kind in [("pipeline_ddpm_plus.py", "pipeline"), ("scheduling_ddpm_plus.py", "scheduler")]:
+        assert (directory / copy).read_bytes() == source_file(kind).read_bytes()
+    assert (directory / "scheduler" / "scheduling_ddpm_plus.py").read_bytes() == source_file("scheduler").read_bytes()
+    assert source_file("pipeline") == REPO_ROOT / "src" / "ddpm_plus" / "pipeline_ddpm_plus.py"
+    model_index = json.loads((directory / "model_index.json").read_text())
+    assert model_index["_class_name"] == ["pipeline_ddpm_plus", "DDPMPlusPipeline"]
+    assert model_index["scheduler"] == ["scheduling_ddpm_plus", "DDPMPlusScheduler"]
+    assert model_index["unet"] == ["diffusers", "UNet2DModel"]
+
+
+def test_round_trip_with_ddpm_plus_is_exact(saved):
+    directory, pipe = saved
+    loaded = DDPMPlusPipeline.from_pretrained(directory)
+    assert type(loaded) is DDPMPlusPipeline and type(loaded.scheduler) is DDPMPlusScheduler
+    assert public_config(loaded.scheduler) == public_config(pipe.scheduler)
+    assert public_config(loaded.unet) == public_config(pipe.unet)
+    for name, weight in pipe.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], weight), name
+    assert np.array_equal(sample(loaded), sample(pipe))
+
+
+def test_loaded_pipeline_saves_without_its_source_path(saved, tmp_path):
+    directory, _ = saved
+    DDPMPlusPipeline.from_pretrained(directory).save_pretrained(tmp_path / "again")
+    model_index = json.loads((tmp_path / "again" / "model_index.json").read_text())
+    assert "_name_or_path" not in model_index and str(directory) not in json.dumps(model_index)
+
+
+def test_pickle_serialization_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="safetensors only"):
+        custom_pipeline().save_pretrained(tmp_path, safe_serialization=False)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def plain_ddpm_directory(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A directory written by diffusers' own DDPMPipeline (DDPMScheduler), and its samples."""
+    pipe = DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(**SCHEDULER_CONFIG))
+    directory = tmp_path_factory.mktemp("plain") / "ddpm"
+    pipe.save_pretrained(directory)
+    return directory, sample(pipe)
+
+
+def test_plain_ddpm_pipeline_directory_loads(plain_ddpm_directory):
+    directory, images = plain_ddpm_directory
+    loaded = DDPMPlusPipeline.from_pretrained(directory)
+    assert type(loaded.scheduler) is DDPMPlusScheduler
+    assert public_config(loaded.scheduler) == public_config(DDPMPlusScheduler(**SCHEDULER_CONFIG))
+    assert np.array_equal(sample(loaded), images)
+    bound = loaded.log_likelihood(random_uint8_images(1), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(bound.bits_per_dim).all()
+
+
+_SWAPPED_SCHEDULER_SCRIPT = """
+import sys
+
+import numpy as np
+import torch
+from diffusers import DDPMPipeline
+
+import ddpm_plus  # noqa: F401
+
+torch.set_num_threads(1)
+pipe = DDPMPipeline.from_pretrained(sys.argv[1])
+pipe.set_progress_bar_config(disable=True)
+generator = [torch.Generator().manual_seed(seed) for seed in {seeds}]
+np.save(sys.argv[2], pipe(batch_size=2, generator=generator, num_inference_steps={steps}, output_type="np").images)
+print(type(pipe.scheduler).__module__, type(pipe.scheduler).__name__)
+"""
+
+
+def test_ddpm_pipeline_with_our_scheduler_reloads_in_a_fresh_process(tmp_path):
+    pipe = DDPMPipeline(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
+    pipe.save_pretrained(tmp_path / "swapped")
+    model_index = json.loads((tmp_path / "swapped" / "model_index.json").read_text())
+    assert model_index["scheduler"] == ["ddpm_plus.scheduling_ddpm_plus", "DDPMPlusScheduler"]
+    script = _SWAPPED_SCHEDULER_SCRIPT.format(seeds=SEEDS, steps=STEPS)
+    result = fresh_process(script, str(tmp_path / "swapped"), str(tmp_path / "images.npy"), cwd=tmp_path)
+    assert result.stdout.split() == ["ddpm_plus.scheduling_ddpm_plus", "DDPMPlusScheduler"]
+    assert np.array_equal(np.load(tmp_path / "images.npy"), sample(pipe))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Plain diffusers, ddpm_plus not importable: trust_remote_code and custom_pipeline
+# ------------------------------------------------------------------------------------------------------------------
+
+_PLAIN_DIFFUSERS_SCRIPT = """
+import importlib.util
+import json
+import os
+import sys
+
+# Hide ddpm_plus: drop the sys.path entries that hold the package and any editable-install finder.
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "ddpm_plus"))]
+sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in type(finder).__module__.lower()]
+hidden = importlib.util.find_spec("ddpm_plus") is None
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+torch.set_num_threads(1)
+saved, plain, community, out = sys.argv[1:5]
+seeds, steps = {seeds}, {steps}
+
+
+def images(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    generator = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return pipe(batch_size=len(seeds), generator=generator, num_inference_steps=steps, output_type="np").images
+
+
+def name(obj):
+    return type(obj).__module__ + "." + type(obj).__name__
+
+
+pipe = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+np.save(os.path.join(out, "images.npy"), images(pipe))
+pixels = np.load(os.path.join(out, "pixels.npy"))
+bound = pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim
+np.save(os.path.join(out, "bits_per_dim.npy"), bound.numpy())
+pipe.save_pretrained(os.path.join(out, "resaved"))
+
+community_pipe = DiffusionPipeline.from_pretrained(plain, custom_pipeline=community, trust_remote_code=True)
+np.save(os.path.join(out, "community_images.npy"), images(community_pipe))
+
+report = {{
+    "hidden": hidden,
+    "imported": sorted(module for module in sys.modules if module.split(".")[0] == "ddpm_plus"),
+    "pipeline": name(pipe),
+    "scheduler": name(pipe.scheduler),
+    "community_pipeline": name(community_pipe),
+    "community_scheduler": name(community_pipe.scheduler),
+}}
+with open(os.path.join(out, "report.json"), "w") as file:
+    json.dump(report, file)
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_diffusers_run(saved, plain_ddpm_directory, tmp_path_factory) -> tuple[Path, dict]:
+    """Run the saved directory and the community pipeline in a fresh process that cannot import ddpm_plus."""
+    out = tmp_path_factory.mktemp("plain_run")
+    np.save(out / "pixels.npy", random_uint8_images(2))
+    script = _PLAIN_DIFFUSERS_SCRIPT.format(seeds=SEEDS, steps=STEPS)
+    community = REPO_ROOT / "pipelines" / "ddpm_plus"
+    fresh_process(script, str(saved[0]), str(plain_ddpm_directory[0]), str(community), str(out), cwd=out)
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_fresh_process_cannot_import_ddpm_plus(plain_diffusers_run):
+    _, report = plain_diffusers_run
+    assert report["hidden"] is True and report["imported"] == []
+
+
+def test_saved_directory_loads_with_plain_diffusers_and_trust_remote_code(saved, plain_diffusers_run):
+    out, report = plain_diffusers_run
+    assert report["pipeline"] == "diffusers_modules.local.pipeline_ddpm_plus.DDPMPlusPipeline"
+    assert report["scheduler"] == "diffusers_modules.local.scheduling_ddpm_plus.DDPMPlusScheduler"
+    _, pipe = saved
+    assert np.array_equal(np.load(out / "images.npy"), sample(pipe))
+    bound = pipe.log_likelihood(np.load(out / "pixels.npy"), generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(np.load(out / "bits_per_dim.npy"), bound.bits_per_dim.numpy())
+
+
+def test_directory_saved_without_ddpm_plus_round_trips(saved, plain_diffusers_run):
+    out, _ = plain_diffusers_run
+    resaved = out / "resaved"
+    assert relative_files(resaved) == SAVED_FILES
+    assert (resaved / "pipeline_ddpm_plus.py").read_bytes() == source_file("pipeline").read_bytes()
+    assert (resaved / "scheduler" / "scheduling_ddpm_plus.py").read_bytes() == source_file("scheduler").read_bytes()
+    loaded = DDPMPlusPipeline.from_pretrained(resaved)
+    assert type(loaded.scheduler) is DDPMPlusScheduler
+    assert np.array_equal(sample(loaded), sample(saved[1]))
+
+
+def test_community_pipeline_loads_a_plain_ddpm_directory(plain_ddpm_directory, plain_diffusers_run):
+    out, report = plain_diffusers_run
+    assert report["community_pipeline"] == "diffusers_modules.local.pipeline.DDPMPlusPipeline"
+    assert report["community_scheduler"] == "diffusers_modules.local.scheduling_ddpm_plus.DDPMPlusScheduler"
+    _, ddpm_images = plain_ddpm_directory
+    assert np.array_equal(np.load(out / "community_images.npy"), ddpm_images)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Community-pipeline files: generated from the package sources
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_shipped_community_pipeline_files_match_their_sources():
+    folders = hub.community_pipeline_files()
+    assert set(folders) == {"ddpm_plus", "ddpm_plus_posterior"}
+    assert set(folders["ddpm_plus"]) == {"pipeline.py", "scheduling_ddpm_plus.py"}
+    assert set(folders["ddpm_plus_posterior"]) == {"pipeline.py", "pipeline_ddpm_plus.py", "scheduling_ddpm_plus.py"}
+    for folder, files in folders.items():
+        for name, source in files.items():
+            assert (REPO_ROOT / "pipelines" / folder / name).read_bytes() == source.read_bytes(), (
+                f"pipelines/{folder}/{name} is stale: run `python -m ddpm_plus.hub export-community`"
+            )
+
+
+def test_export_community_command_writes_the_files(tmp_path, capsys):
+    assert hub.main(["export-community", "--out", str(tmp_path / "community")]) == 0
+    printed = capsys.readouterr().out
+    for folder, files in hub.community_pipeline_files().items():
+        for name, source in files.items():
+            assert (tmp_path / "community" / folder / name).read_bytes() == source.read_bytes()
+            assert str(tmp_path / "community" / folder / name) in printed
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Model cards
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_model_card_template_has_one_source():
+    assert hub.MODEL_CARD_TEMPLATE.resolve() == (REPO_ROOT / "model_cards" / "ddpm_plus_model_card.md").resolve()
+
+
+def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):
+    directory, pipe = saved
+    grid = PIL.Image.new("RGB", (12, 12), (10, 200, 30))
+    settings = {"learning_rate": 2e-4, "train_steps": 800, "hub_token": FAKE_TOKEN, "loss": "a|b"}
+    card = hub.write_model_card(
+        directory, repo_id="me/tiny-ddpm", bits_per_dim=3.14159, training_args=settings, dataset_name="digits",
+        sample_grid=grid,
+    )  # fmt: skip
+    written = ModelCard.load(directory / "README.md")
+    assert written.content == card.content
+    data = written.data.to_dict()
+    assert data["library_name"] == "diffusers" and data["license"] == "apache-2.0"
+    assert {"ddpm_plus", "unconditional-image-generation"} <= set(data["tags"])
+    assert data["pipeline_tag"] == "unconditional-image-generation"
+    assert data["datasets"] == ["digits"] and data["metrics"] == ["bits_per_dim"]
+    result = data["model-index"][0]["results"][0]
+    assert result["metrics"][0] == {"type": "bits_per_dim", "value": 3.14159, "name": "NLL bound (bits/dim)"}
+    body = written.text
+    num_parameters = sum(p.numel() for p in pipe.unet.parameters())
+    assert f"{num_parameters:,} parameters" in body and "T = 20 steps" in body and "`squaredcos_cap_v2`" in body
+    assert "`v_prediction`" in body and "`learned_range`" in body and "8x8 images with 3 channel(s)" in body
+    assert "**3.1416 bits/dim**" in body
+    assert "![Samples from the model](sample_grid.png)" in body
+    assert np.array_equal(np.asarray(PIL.Image.open(directory / "sample_grid.png")), np.asarray(grid))
+    assert "| `learning_rate` | `0.0002` |" in body and "| `loss` | `a\\|b` |" in body
+    assert "hub_token" not in body and FAKE_TOKEN not in body
+    pairs = hub.public_settings(settings)  # what a training script may pass: the same card
+    again = hub.write_model_card(
+        directory, repo_id="me/tiny-ddpm", bits_per_dim=3.14159, training_args=pairs, dataset_name="digits",
+        sample_grid=grid,
+    )  # fmt: skip
+    assert again.content == card.content
+    assert 'DDPMPlusPipeline.from_pretrained("me/tiny-ddpm")' in body
+    assert 'DiffusionPipeline.from_pretrained("me/tiny-ddpm", trust_remote_code=True)' in body
+
+
+def test_model_card_without_optional_facts(saved, tmp_path):
+    directory, _ = saved
+    card = hub.write_model_card(directory)
+    data = card.data.to_dict()
+    assert "metrics" not in data and "datasets" not in data and "model-index" not in data
+    for section in ("## Likelihood", "## Samples", "## Training settings"):
+        assert section not in card.text
+    assert f'DDPMPlusPipeline.from_pretrained("{directory.name}")' in card.text
+
+
+def test_model_card_needs_a_saved_pipeline(tmp_path):
+    with pytest.raises(ValueError, match="write the pipeline with `save_pretrained`"):
+        hub.write_model_card(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# push_to_hub, intercepted at huggingface_hub's API boundary
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_calls(monkeypatch) -> dict:
+    """Record create_repo and the files upload_folder would send; no request leaves the process."""
+    calls: dict = {"create_repo": [], "uploads": []}
+
+    def create_repo(self, repo_id, *, private=False, exist_ok=False, **kwargs):
+        calls["create_repo"].append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "token": self.token})
+        full_id = repo_id if "/" in repo_id else f"me/{repo_id}"  # the Hub puts bare names in the token's namespace
+        return RepoUrl(f"https://huggingface.co/{full_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, create_pr=None, **kwargs):
+        folder = Path(folder_path)
+        files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+        calls["uploads"].append(
+            {"repo_id": repo_id, "files": files, "message": commit_message, "pr": create_pr, "token": self.token}
+        )
+        return "commit-info"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def assert_token_nowhere(texts: list[str], files: dict[str, bytes]) -> None:
+    for text in texts:
+        assert FAKE_TOKEN not in text
+    for name, content in files.items():
+        assert FAKE_TOKEN.encode() not in content, name
+
+
+def test_push_to_hub_uploads_weights_configs_code_and_card(hub_calls, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    pipe = custom_pipeline()
+    result = pipe.push_to_hub(
+        "me/tiny-ddpm", token=FAKE_TOKEN, private=True, commit_message="first upload", bits_per_dim=2.5,
+        training_args={"learning_rate": 1e-4, "hub_token": FAKE_TOKEN}, dataset_name="digits",
+        sample_grid=PIL.Image.new("RGB", (4, 4)),
+    )  # fmt: skip
+    assert result == "commit-info"
+    assert hub_calls["create_repo"] == [
+        {"repo_id": "me/tiny-ddpm", "private": True, "exist_ok": True, "token": FAKE_TOKEN}
+    ]
+    (upload,) = hub_calls["uploads"]
+    assert upload["repo_id"] == "me/tiny-ddpm" and upload["message"] == "first upload" and upload["pr"] is False
+    assert upload["token"] == FAKE_TOKEN
+    assert set(upload["files"]) == SAVED_FILES | {"README.md", "sample_grid.png"}
+    assert upload["files"]["pipeline_ddpm_plus.py"] == source_file("pipeline").read_bytes()
+    card = ModelCard(upload["files"]["README.md"].decode())
+    assert card.data.library_name == "diffusers" and "ddpm_plus" in card.data.tags
+    assert "**2.5000 bits/dim**" in card.text and "| `learning_rate` | `0.0001` |" in card.text
+    assert 'DiffusionPipeline.from_pretrained("me/tiny-ddpm", trust_remote_code=True)' in card.text
+    captured = capsys.readouterr()
+    assert_token_nowhere([caplog.text, captured.out, captured.err], upload["files"])
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_directory(hub_calls, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    directory = tmp_path / "tiny-ddpm"
+    custom_pipeline().save_pretrained(directory, push_to_hub=True, token=FAKE_TOKEN, bits_per_dim=1.25)
+    assert hub_calls["create_repo"][0]["repo_id"] == "tiny-ddpm" and hub_calls["create_repo"][0]["private"] is False
+    (upload,) = hub_calls["uploads"]
+    assert upload["repo_id"] == "me/tiny-ddpm"
+    assert set(upload["files"]) == SAVED_FILES | {"README.md"} == relative_files(directory)
+    assert "**1.2500 bits/dim**" in upload["files"]["README.md"].decode()
+    local_files = {name: (directory / name).read_bytes() for name in relative_files(directory)}
+    assert_token_nowhere([caplog.text], {**upload["files"], **local_files})
+
+
+def test_push_saved_pipeline_keeps_an_existing_card(hub_calls, saved, tmp_path):
+    directory, pipe = saved
+    pipe.save_pretrained(tmp_path / "run")
+    hub.write_model_card(tmp_path / "run", repo_id="me/run", bits_per_dim=0.875)
+    hub.push_saved_pipeline(tmp_path / "run", "me/run", token=FAKE_TOKEN)
+    (upload,) = hub_calls["uploads"]
+    assert "**0.8750 bits/dim**" in upload["files"]["README.md"].decode()
+    assert upload["message"] == "Upload DDPMPlusPipeline"
