@@ -1,0 +1,295 @@
+"""`ddpm-plus bpd`: bits/dim of a saved DDPM pipeline on a data set, exact or estimated, with a JSON report.
+
+    ddpm-plus bpd --model DIR --data digits --split test --num-timesteps full --output results.json
+    ddpm-plus bpd --model DIR --data path/to/images --split train --num-timesteps 100
+
+`--num-timesteps full` computes the exact variational bound over all T timesteps (T network evaluations per
+image); `--num-timesteps N` spends at most N evaluations per image (the decoder plus 2 draws in each of
+⌊(N-1)/2⌋ strata) on the unbiased stratified estimate (`estimate_bound`) of that same exact value, after a small
+pilot run that shapes the timestep proposal. Each image draws its noise key from its own generator, seeded from
+`--seed` and the image's index, so per-image results do not depend on `--batch-size`, and an estimate uses the
+noise of the exact run with the same `--seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpm_plus.likelihood import (
+    BoundEstimate,
+    BoundResult,
+    estimate_bound,
+    pilot_profile,
+    pilot_timesteps,
+    student_t_quantile,
+    variational_bound,
+)
+
+SAMPLES_PER_STRATUM = 2
+MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `bpd` sub-command."""
+    parser = subparsers.add_parser(
+        "bpd",
+        help="bits/dim (variational bound) of a saved pipeline on a data set",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="saved pipeline directory (with unet/ and scheduler/)")
+    parser.add_argument("--data", default="digits", help="'digits', an image folder, or a 🤗 datasets name/path")
+    parser.add_argument("--split", default="test", help="data split (image folders: 'train' is all images)")
+    parser.add_argument("--num-timesteps", default="full", type=_num_timesteps, help="'full' or evaluations/image")
+    parser.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--pilot-images", type=int, default=8, help="images of the estimator's pilot run")
+    parser.add_argument("--pilot-timesteps", type=int, default=32, help="timesteps of the estimator's pilot run")
+    parser.add_argument("--clip-denoised", action="store_true", help="clip x̂_0 to [-1, 1] in the reverse mean")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None, help="write per-image results and settings as JSON")
+    parser.set_defaults(func=run)
+
+
+def _num_timesteps(value: str) -> int | str:
+    if value == "full":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'full' or an integer, got {value!r}") from None
+    if number < MIN_EVALUATIONS:
+        raise argparse.ArgumentTypeError(f"the estimator needs at least {MIN_EVALUATIONS} evaluations per image")
+    return number
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `ddpm-plus bpd`; returns the exit status (2 with a message for invalid input)."""
+    try:
+        return _run(args)
+    except ValueError as error:
+        print(f"ddpm-plus bpd: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    unet, scheduler = load_model(args.model, args.device)
+    images = load_images(args.data, args.split, unet.config, args.max_images)
+    start = time.perf_counter()
+    if args.num_timesteps == "full":
+        report = _exact_report(unet, scheduler, images, args)
+    else:
+        report = _estimate_report(unet, scheduler, images, args)
+    report["summary"]["seconds"] = round(time.perf_counter() - start, 3)
+    report["settings"] = _settings(args, scheduler)
+    print(_summary_line(report["summary"]))
+    if args.output is not None:
+        write_json(report, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "pilot_images", "pilot_timesteps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be positive, got {args.max_images}.")
+
+
+def load_model(directory: str | Path, device: str) -> tuple[Any, Any]:
+    """The UNet (float32, eval mode, on `device`) and the DDPMPlusScheduler of a saved pipeline directory."""
+    from diffusers import UNet2DModel
+
+    from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
+
+    directory = Path(directory)
+    if not (directory / "unet").is_dir() or not (directory / "scheduler").is_dir():
+        raise ValueError(f"{directory} is not a saved pipeline directory: it needs unet/ and scheduler/ subfolders.")
+    unet = UNet2DModel.from_pretrained(directory, subfolder="unet", torch_dtype=torch.float32).to(device).eval()
+    scheduler = DDPMPlusScheduler.from_pretrained(directory, subfolder="scheduler")
+    return unet, scheduler
+
+
+def load_images(source: str, split: str, unet_config: Any, max_images: int | None) -> torch.Tensor:
+    """The data set's images (N, C, H, W) at the UNet's size, as float32 on the 8-bit grid."""
+    from ddpm_plus.data import load_image_dataset
+
+    sample_size = unet_config.sample_size
+    resolution = sample_size if isinstance(sample_size, int) else sample_size[0]
+    dataset = load_image_dataset(source, resolution=resolution, num_channels=unet_config.in_channels, split=split)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    if count == 0:
+        raise ValueError(f"the data set {source!r} (split {split!r}) holds no images.")
+    return torch.stack([dataset[index] for index in range(count)])
+
+
+def image_generators(seed: int, indices: range) -> list[torch.Generator]:
+    """One CPU generator per image, seeded from (seed, image index) through numpy's SeedSequence."""
+    return [
+        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]))
+        for index in indices
+    ]
+
+
+def _image_batches(num_images: int, args: argparse.Namespace, evaluations_per_image: int) -> list[range]:
+    """Ranges of images processed together: about `batch_size` network inputs' worth, at least one image."""
+    per_batch = max(1, args.batch_size // evaluations_per_image)
+    return [range(start, min(start + per_batch, num_images)) for start in range(0, num_images, per_batch)]
+
+
+def _exact_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    num_steps = scheduler.config.num_train_timesteps
+    results = []
+    with tqdm(total=len(images), desc="bpd (exact)", unit="img") as bar:
+        for indices in _image_batches(len(images), args, num_steps):
+            results.append(
+                variational_bound(
+                    unet,
+                    images[indices.start : indices.stop],
+                    scheduler,
+                    generator=image_generators(args.seed, indices),
+                    max_batch_size=args.batch_size,
+                    clip_denoised=args.clip_denoised,
+                    progress=False,
+                )
+            )
+            bar.update(len(indices))
+    result = BoundResult.concat(results)
+    summary = {
+        **_over_images(result.total_bpd),
+        "num_evaluations": result.num_evaluations,
+        "mean_prior_bpd": result.prior_bpd.mean().item(),
+        "mean_decoder_bpd": result.decoder_bpd.mean().item(),
+        "mean_terms_bpd": result.terms_bpd.mean(0).tolist(),
+        "mean_rate_bpd": result.rate_bpd().mean(0).tolist(),
+        "mean_x0_mse": result.x0_mse.mean(0).tolist(),
+    }
+    per_image = [
+        {"index": index, "bpd": total, "prior_bpd": prior, "decoder_bpd": decoder}
+        for index, (total, prior, decoder) in enumerate(
+            zip(result.total_bpd.tolist(), result.prior_bpd.tolist(), result.decoder_bpd.tolist(), strict=True)
+        )
+    ]
+    return {"summary": summary, "images": per_image}
+
+
+def _estimate_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    pilot = images[: args.pilot_images]
+    num_steps = scheduler.config.num_train_timesteps
+    profile = pilot_profile(
+        unet,
+        pilot,
+        scheduler,
+        num_timesteps=args.pilot_timesteps,
+        generator=torch.Generator().manual_seed(args.seed),
+        max_batch_size=args.batch_size,
+        clip_denoised=args.clip_denoised,
+        progress=False,
+    )
+    num_strata = (args.num_timesteps - 1) // SAMPLES_PER_STRATUM
+    estimates = []
+    with tqdm(total=len(images), desc="bpd (estimate)", unit="img") as bar:
+        for indices in _image_batches(len(images), args, args.num_timesteps):
+            estimates.append(
+                estimate_bound(
+                    unet,
+                    images[indices.start : indices.stop],
+                    scheduler,
+                    num_strata=num_strata,
+                    samples_per_stratum=SAMPLES_PER_STRATUM,
+                    profile=profile,
+                    generator=image_generators(args.seed, indices),
+                    max_batch_size=args.batch_size,
+                    clip_denoised=args.clip_denoised,
+                    progress=False,
+                )
+            )
+            bar.update(len(indices))
+    estimate = BoundEstimate.concat(estimates)
+    low, high = estimate.interval(0.95)
+    summary = {
+        **_over_images(estimate.total_bpd),
+        "num_evaluations": estimate.num_evaluations,
+        "pilot_evaluations": len(pilot) * len(pilot_timesteps(num_steps, args.pilot_timesteps)),
+        "estimator_standard_error": estimate.mean_standard_error,
+        "estimator_ci95": list(estimate.mean_interval(0.95)),
+        "mean_prior_bpd": estimate.prior_bpd.mean().item(),
+        "mean_decoder_bpd": estimate.decoder_bpd.mean().item(),
+    }
+    per_image = [
+        {"index": index, "bpd": total, "standard_error": error, "ci95": [lo, hi], "prior_bpd": prior}
+        for index, (total, error, lo, hi, prior) in enumerate(
+            zip(
+                estimate.total_bpd.tolist(),
+                estimate.standard_error.tolist(),
+                low.tolist(),
+                high.tolist(),
+                estimate.prior_bpd.tolist(),
+                strict=True,
+            )
+        )
+    ]
+    return {"summary": summary, "images": per_image}
+
+
+def _over_images(total_bpd: torch.Tensor) -> dict[str, Any]:
+    """Mean bits/dim over the images and its 95% interval (Student t over images, as a population estimate)."""
+    count = len(total_bpd)
+    mean = total_bpd.mean().item()
+    if count < 2:
+        return {"num_images": count, "mean_bpd": mean, "std_bpd": None, "ci95": None}
+    std = total_bpd.std(correction=1).item()
+    half_width = student_t_quantile(0.95, torch.tensor(count - 1.0)).item() * std / math.sqrt(count)
+    return {"num_images": count, "mean_bpd": mean, "std_bpd": std, "ci95": [mean - half_width, mean + half_width]}
+
+
+def _settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]:
+    settings = {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in vars(args).items()
+        if key not in ("func", "command")
+    }
+    settings["num_train_timesteps"] = scheduler.config.num_train_timesteps
+    settings["variance_type"] = scheduler.config.variance_type
+    settings["prediction_type"] = scheduler.config.prediction_type
+    return settings
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    line = f"bits/dim: {summary['mean_bpd']:.4f}"
+    if summary["ci95"] is not None:
+        low, high = summary["ci95"]
+        line += f" ± {(high - low) / 2:.4f} (95% CI over {summary['num_images']} images)"
+    line += f", {summary['num_evaluations']} network evaluations"
+    if "estimator_standard_error" in summary:
+        line += f"; estimator standard error {summary['estimator_standard_error']:.4f}"
+    return line
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Write `report` to `path` atomically (a temporary file renamed into place), so it is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(report, file, indent=2, allow_nan=False)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
