@@ -61,6 +61,18 @@ _DDPM_CONVENTIONS: dict[str, Any] = {
     "resnet_time_scale_shift": "default",
 }
 
+# The small CPU models (digits-16, tiny-32): 3 levels, one residual block per level, attention at the lowest
+# resolution and in the middle block.
+_SMALL_CPU_LAYOUT: dict[str, Any] = {
+    **_DDPM_CONVENTIONS,
+    "block_out_channels": (32, 64, 64),
+    "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    "layers_per_block": 1,
+    "dropout": 0.0,
+    "norm_num_groups": 16,
+}
+
 _CONFIGS: dict[str, dict[str, Any]] = {
     # DDPM paper, CIFAR-10 32x32: ch=128, ch_mult=(1, 2, 2, 2), 2 residual blocks per level, attention at
     # 16x16 (the 2nd level) and in the middle block, dropout 0.1. 35,746,307 parameters, as the TF model.
@@ -100,32 +112,10 @@ _CONFIGS: dict[str, dict[str, Any]] = {
     },
     # 16x16 grey digits (the training demo): 3 levels (16, 8, 4), one residual block per level, attention at
     # the lowest resolution (4x4) and in the middle block. 1,112,801 parameters.
-    "digits-16": {
-        **_DDPM_CONVENTIONS,
-        "sample_size": 16,
-        "in_channels": 1,
-        "out_channels": 1,
-        "block_out_channels": (32, 64, 64),
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "layers_per_block": 1,
-        "dropout": 0.0,
-        "norm_num_groups": 16,
-    },
+    "digits-16": {**_SMALL_CPU_LAYOUT, "sample_size": 16, "in_channels": 1, "out_channels": 1},
     # 32x32 RGB for CPU demos: 3 levels (32, 16, 8), one residual block per level, attention at 8x8 and in the
     # middle block. 1,113,955 parameters.
-    "tiny-32": {
-        **_DDPM_CONVENTIONS,
-        "sample_size": 32,
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": (32, 64, 64),
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "layers_per_block": 1,
-        "dropout": 0.0,
-        "norm_num_groups": 16,
-    },
+    "tiny-32": {**_SMALL_CPU_LAYOUT, "sample_size": 32, "in_channels": 3, "out_channels": 3},
     # For unit tests only: 16x16 RGB, 2 levels (16, 8) with attention at 8x8 and in the middle block, so every
     # block type is exercised in milliseconds. 45,259 parameters.
     "test-tiny": {
