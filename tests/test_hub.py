@@ -337,7 +337,7 @@ def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):
     num_parameters = sum(p.numel() for p in pipe.unet.parameters())
     assert f"{num_parameters:,} parameters" in body and "T = 20 steps" in body and "`squaredcos_cap_v2`" in body
     assert "`v_prediction`" in body and "`learned_range`" in body and "8x8 images with 3 channel(s)" in body
-    assert "**3.1416 bits/dim**" in body
+    assert "**3.1416 bits/dim**" in body and "computed exactly" in body
     assert "![Samples from the model](sample_grid.png)" in body
     assert np.array_equal(np.asarray(PIL.Image.open(directory / "sample_grid.png")), np.asarray(grid))
     assert "| `learning_rate` | `0.0002` |" in body and "| `loss` | `a\\|b` |" in body
@@ -350,6 +350,13 @@ def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):
     assert again.content == card.content
     assert 'DDPMPlusPipeline.from_pretrained("me/tiny-ddpm")' in body
     assert 'DiffusionPipeline.from_pretrained("me/tiny-ddpm", trust_remote_code=True)' in body
+
+
+def test_model_card_states_an_estimated_bound_with_its_standard_error(saved):
+    directory, _ = saved
+    card = hub.write_model_card(directory, bits_per_dim=2.6081, bits_per_dim_standard_error=0.00327)
+    assert "**2.6081 bits/dim**" in card.text and "estimated without bias" in card.text
+    assert "standard error ± 0.0033 bits/dim" in card.text and "computed exactly" not in card.text
 
 
 def test_model_card_without_optional_facts(saved, tmp_path):

@@ -58,6 +58,7 @@ def write_model_card(
     *,
     repo_id: str | None = None,
     bits_per_dim: float | None = None,
+    bits_per_dim_standard_error: float | None = None,
     training_args: TrainingSettings | None = None,
     dataset_name: str | None = None,
     sample_grid: Image.Image | str | Path | None = None,
@@ -69,6 +70,8 @@ def write_model_card(
         directory: a directory written by `DDPMPlusPipeline.save_pretrained` (its configs and weights are read).
         repo_id: the Hub id used in the usage snippets (default: the directory's name).
         bits_per_dim: the held-out negative log-likelihood bound in bits/dim, if measured.
+        bits_per_dim_standard_error: the standard error when `bits_per_dim` is an estimate
+            (`ddpm_plus.likelihood.estimate_bound`); None when the sum over timesteps was exact.
         training_args: training settings (a mapping, (name, value) pairs or an `argparse.Namespace`); names that
             look like secrets (token, password, ...) are left out.
         dataset_name: the training data set.
@@ -85,6 +88,7 @@ def write_model_card(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         bits_per_dim=bits_per_dim,
+        bits_per_dim_standard_error=bits_per_dim_standard_error,
         dataset_name=dataset_name,
         sample_grid=SAMPLE_GRID_FILE if sample_grid is not None else None,
         training_args=public_settings(training_args),

@@ -1,0 +1,422 @@
+"""Tests of the training script `train_scripts/train.py` and its building blocks in `ddpm_plus.training`.
+
+Short CPU runs of the tiny UNet with a short chain (T = 20): in-process through `main(args)` where possible, as
+subprocesses for `accelerate launch` with two processes and for SIGKILL + resume.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from diffusers import UNet2DModel
+from PIL import Image
+from safetensors.torch import load_file
+
+from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
+from ddpm_plus.timestep_samplers import LossSecondMomentResampler, UniformSampler
+from ddpm_plus.training import (
+    DiffusionObjective,
+    ShardedBatchSampler,
+    TrainingGenerators,
+    check_world_size,
+    complete_checkpoints,
+    latest_checkpoint,
+    prune_checkpoints,
+    resolve_resume_checkpoint,
+    torch_threads_per_process,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_scripts" / "train.py"
+T = 20
+FAST = [
+    "--model_config", "test-tiny", "--num_train_timesteps", str(T), "--train_batch_size", "8",
+    "--num_grid_images", "4", "--num_eval_images", "8", "--bpd_strata", "3", "--eval_batch_size", "64",
+    "--save_images_steps", "0", "--bpd_steps", "0", "--checkpointing_steps", "0", "--report_to", "none",
+    "--num_threads", "1", "--lr_warmup_steps", "1",
+]  # fmt: skip
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ddpm_plus_train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = load_script()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (accelerate keeps process-wide singletons)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    threads = torch.get_num_threads()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    torch.set_num_threads(threads)
+
+
+def run_main(output_dir: Path, *extra: str) -> int:
+    return train_script.main(train_script.parse_args(["--output_dir", str(output_dir), *FAST, *extra]))
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def run_script(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, *launcher, str(SCRIPT), *args]
+    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v for k, v in load_file(checkpoint / "model.safetensors").items()}
+    tensors |= {f"ema.{k}": v for k, v in load_file(checkpoint / "ema.safetensors").items()}
+    return tensors | {f"rng.{k}": v for k, v in load_file(checkpoint / "generators_0.safetensors").items()}
+
+
+def assert_bitwise_equal(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    different = [name for name in first if not torch.equal(first[name], second[name])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# --------------------------------------------------------------------------------------------- the objective
+
+
+class AffineDenoiser(torch.nn.Module):
+    """A stand-in network with a known output: 0.5 x_t + 0.01 t (a UNet2DModel-like `.sample` output)."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor):
+        return type("Output", (), {"sample": 0.5 * x_t + 0.01 * t.to(x_t.dtype).reshape(-1, 1, 1, 1)})()
+
+
+def reference_alphas_cumprod(num_steps: int) -> torch.Tensor:
+    return torch.cumprod(1 - torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64), 0)
+
+
+def test_objective_is_eq14_on_the_forward_sample_with_importance_weights():
+    """loss = mean_i w_i ‖ε_i - ε_θ(√ᾱ x_0 + √(1-ᾱ) ε, t_i)‖²/D, w_i = 1/(T p_t) of the sampler's √E[L²] law."""
+    sampler = LossSecondMomentResampler(T, history_per_term=2, uniform_prob=0.1)
+    history = torch.arange(1, 2 * T + 1, dtype=torch.float64).reshape(T, 2)
+    for column in range(2):
+        sampler.update_with_losses(torch.arange(T), history[:, column])
+    objective = DiffusionObjective(DDPMPlusScheduler(num_train_timesteps=T), sampler)
+    x0 = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    output = objective(AffineDenoiser(), x0, TrainingGenerators.create(7, 0, torch.device("cpu")))
+
+    replay = TrainingGenerators.create(7, 0, torch.device("cpu"))  # the same streams, drawn again
+    rms = history.square().mean(1).sqrt()
+    probabilities = 0.9 * rms / rms.sum() + 0.1 / T
+    t = torch.multinomial(probabilities, 6, replacement=True, generator=replay.timesteps)
+    noise = torch.randn(x0.shape, generator=replay.noise).double()
+    alpha_bar = reference_alphas_cumprod(T)[t].reshape(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0.double() + (1 - alpha_bar).sqrt() * noise
+    prediction = 0.5 * x_t + 0.01 * t.double().reshape(-1, 1, 1, 1)
+    per_sample = (noise - prediction).square().mean(dim=(1, 2, 3))
+    weights = 1 / (T * probabilities[t])
+    assert torch.equal(output.timesteps, t)
+    torch.testing.assert_close(output.per_sample_loss.double(), per_sample, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(output.loss.double(), (weights * per_sample).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_objective_channels_last_gives_the_same_loss():
+    unet = UNet2DModel.from_config(train_script.unet_config("test-tiny"))
+    x0 = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    losses = []
+    for channels_last in (False, True):
+        model = unet.to(memory_format=torch.channels_last) if channels_last else unet
+        objective = DiffusionObjective(DDPMPlusScheduler(num_train_timesteps=T), UniformSampler(T))
+        objective.channels_last = channels_last
+        losses.append(objective(model, x0, TrainingGenerators.create(3, 0, torch.device("cpu"))).loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- data order
+
+
+def test_sharded_batches_are_disjoint_cover_whole_steps_and_resume_in_place():
+    num_items, batch, processes, accumulation = 103, 4, 3, 2
+    samplers = [
+        ShardedBatchSampler(num_items, batch, num_processes=processes, process_index=rank, accumulation_steps=2)
+        for rank in range(processes)
+    ]
+    steps = num_items // (batch * processes * accumulation)
+    assert samplers[0].steps_per_epoch == steps == 4
+    for epoch in (0, 1):
+        for sampler in samplers:
+            sampler.set_position(epoch)
+        shards = [list(sampler) for sampler in samplers]
+        assert all(len(shard) == steps * accumulation for shard in shards)
+        for micro in range(steps * accumulation):
+            items = [set(shard[micro]) for shard in shards]
+            assert all(len(part) == batch for part in items)
+            assert not (items[0] & items[1]) and not (items[0] & items[2]) and not (items[1] & items[2])
+        seen = [index for shard in shards for micro_batch in shard for index in micro_batch]
+        assert len(seen) == len(set(seen)) == steps * batch * processes * accumulation
+    first = [list(ShardedBatchSampler(num_items, batch, seed=5)) for _ in range(2)]
+    assert first[0] == first[1]
+    resumed = ShardedBatchSampler(num_items, batch, seed=5)
+    resumed.set_position(0, 7)
+    assert list(resumed) == first[0][7:]
+    other_epoch = ShardedBatchSampler(num_items, batch, seed=5)
+    other_epoch.set_position(1)
+    assert list(other_epoch) != first[0]
+
+
+def test_too_small_a_dataset_for_one_step_is_refused():
+    with pytest.raises(ValueError, match="fewer than one optimizer step"):
+        ShardedBatchSampler(10, 4, num_processes=2, accumulation_steps=2)
+
+
+# --------------------------------------------------------------------------------------------- launch helpers
+
+
+def test_world_size_mismatch_is_refused():
+    with pytest.raises(RuntimeError, match="--multi_gpu --num_processes"):
+        check_world_size(1, {"WORLD_SIZE": "2"})
+    check_world_size(2, {"WORLD_SIZE": "2"})
+    check_world_size(1, {})
+
+
+def test_threads_share_the_cores_among_local_processes(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert torch_threads_per_process() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))
+    assert torch_threads_per_process() == 1
+    assert torch_threads_per_process(3) == 3
+    with pytest.raises(ValueError, match="positive"):
+        torch_threads_per_process(0)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_latest_checkpoint_ignores_temporary_and_incomplete_directories(tmp_path):
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "training_state.json").write_text("{}")
+    (tmp_path / ".checkpoint-12.tmp").mkdir()  # a save that was killed before its rename
+    (tmp_path / "checkpoint-11").mkdir()  # no state file: not a finished checkpoint
+    (tmp_path / "checkpoint-x").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert resolve_resume_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-10"
+    assert resolve_resume_checkpoint("latest", tmp_path / "missing") is None
+    assert resolve_resume_checkpoint(None, tmp_path) is None
+    with pytest.raises(ValueError, match="not a finished checkpoint"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-11"), tmp_path)
+    prune_checkpoints(tmp_path, 1)
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [10]
+    assert (tmp_path / ".checkpoint-12.tmp").is_dir()
+
+
+# --------------------------------------------------------------------------------------------- whole runs
+
+
+def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_path):
+    from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+
+    out = tmp_path / "run"
+    args = ["--model_config", "digits-16", "--max_train_steps", "3", "--checkpointing_steps", "3"]
+    assert run_main(out, *args, "--ema_max_decay", "0.9", "--num_inference_steps", "5") == 0
+
+    pipeline = DDPMPlusPipeline.from_pretrained(out)
+    assert pipeline.unet.config.in_channels == 1 and pipeline.unet.config.sample_size == 16
+    assert pipeline.scheduler.config.num_train_timesteps == T
+    checkpoint = out / "checkpoint-3"
+    ema = load_file(checkpoint / "ema.safetensors")
+    raw = load_file(checkpoint / "model.safetensors")
+    saved = pipeline.unet.state_dict()
+    assert all(torch.equal(saved[name], ema[name]) for name in ema)
+    assert any(not torch.equal(raw[name], ema[name]) for name in ema)
+
+    grid = Image.open(out / "samples.png")
+    assert grid.mode == "L" and min(grid.size) >= 256
+    bpd = json.loads((out / "bpd.json").read_text())
+    assert bpd["split"] == "test" and bpd["num_images"] == 8 and bpd["step"] == 3
+    assert math.isfinite(bpd["bits_per_dim"]) and bpd["standard_error"] > 0
+    low, high = bpd["confidence_interval_95"]
+    assert low < bpd["bits_per_dim"] < high
+    card = (out / "README.md").read_text()
+    assert "bits/dim" in card and "digits" in card
+
+
+def test_image_folder_with_held_out_fraction(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(20):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(folder / f"{index:02d}.png")
+    out = tmp_path / "run"
+    extra = ["--train_data_dir", str(folder), "--held_out_fraction", "0.25", "--train_batch_size", "4"]
+    assert run_main(out, *extra, "--max_train_steps", "2", "--random_flip") == 0
+    bpd = json.loads((out / "bpd.json").read_text())
+    assert bpd["num_images"] == 5 and bpd["split"] == "test"
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("loss", "extra"),
+    [
+        ("vlb", []),
+        ("kl", ["--prediction_type", "sample"]),
+        ("hybrid", ["--learn_sigma", "--timestep_sampler", "loss-second-moment"]),
+        ("simple", ["--learn_sigma", "--prediction_type", "v_prediction", "--gradient_accumulation_steps", "2"]),
+        ("simple", ["--prediction_type", "mean", "--mixed_precision", "bf16", "--snr_gamma", "5"]),
+    ],
+)
+def test_each_loss_type_trains_and_changes_the_weights(tmp_path, loss, extra):
+    out = tmp_path / "run"
+    assert run_main(out, "--loss", loss, *extra, "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
+    state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert state["run"]["loss"] == loss
+    learned = "--learn_sigma" in extra
+    assert state["run"]["variance_type"] == ("learned_range" if learned else "fixed_small")
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert config["out_channels"] == (6 if learned else 3)
+    torch.manual_seed(0)
+    initial = UNet2DModel.from_config(config).state_dict()
+    trained = load_file(out / "checkpoint-2" / "model.safetensors")
+    assert any(not torch.equal(initial[name], trained[name]) for name in trained)
+    if "loss-second-moment" in extra:
+        assert sum(state["timestep_sampler"]["loss_counts"]) == 2 * 8
+    assert math.isfinite(json.loads((out / "bpd.json").read_text())["bits_per_dim"])
+
+
+def test_resume_after_sigkill_during_a_save_is_bitwise_identical(tmp_path):
+    common = [*FAST, "--max_train_steps", "6", "--checkpointing_steps", "2", "--random_flip"]
+    common += ["--save_images_steps", "3", "--bpd_steps", "5"]  # evaluations must not disturb the training RNGs
+    common += ["--timestep_sampler", "loss-second-moment", "--num_train_timesteps", "4", "--train_batch_size", "16"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert train_script.main(train_script.parse_args(["--output_dir", str(straight), *common])) == 0
+
+    killed = run_script("--output_dir", str(interrupted), *common, "--debug_kill_while_saving_step", "4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (interrupted / ".checkpoint-4.tmp").is_dir() and not (interrupted / "checkpoint-4").exists()
+    assert latest_checkpoint(interrupted) == interrupted / "checkpoint-2"
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resume = ["--output_dir", str(interrupted), *common, "--resume_from_checkpoint", "latest"]
+    assert train_script.main(train_script.parse_args(resume)) == 0
+    assert_bitwise_equal(read_weights(straight / "checkpoint-6"), read_weights(interrupted / "checkpoint-6"))
+    states = [json.loads((run / "checkpoint-6" / "training_state.json").read_text()) for run in (straight, interrupted)]
+    assert states[0]["timestep_sampler"] == states[1]["timestep_sampler"]
+    assert states[0]["lr_scheduler"] == states[1]["lr_scheduler"]
+    assert sum(states[0]["timestep_sampler"]["loss_counts"]) == 4 * 10  # warmed up: importance sampling ran
+
+
+def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_path):
+    record = tmp_path / "record"
+    launcher = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2")
+    launcher += ("--main_process_port", str(free_port()))
+    args = ["--output_dir", str(tmp_path / "run"), *FAST, "--max_train_steps", "3", "--debug_record_dir", str(record)]
+    extra = ["--timestep_sampler", "loss-second-moment", "--checkpointing_steps", "3"]
+    result = run_script(*args, *extra, launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr
+    state = json.loads((tmp_path / "run" / "checkpoint-3" / "training_state.json").read_text())
+    assert sum(state["timestep_sampler"]["loss_counts"]) == 3 * 2 * 8  # the losses of both processes
+    assert (tmp_path / "run" / "checkpoint-3" / "generators_1.safetensors").is_file()
+
+    first, second = (load_file(record / f"weights_{rank}.safetensors") for rank in (0, 1))
+    assert_bitwise_equal(first, second)
+    torch.manual_seed(0)
+    initial = UNet2DModel.from_config(train_script.unet_config("test-tiny")).state_dict()
+    assert any(not torch.equal(initial[name], first[name]) for name in initial)
+
+    steps = [
+        [json.loads(line) for line in (record / f"indices_{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)
+    ]
+    assert [entry["step"] for entry in steps[0]] == [entry["step"] for entry in steps[1]] == [1, 2, 3]
+    for rank0, rank1 in zip(steps[0], steps[1], strict=True):
+        shard0, shard1 = set(rank0["indices"][0]), set(rank1["indices"][0])
+        assert len(shard0) == len(shard1) == 8 and not shard0 & shard1
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model_config", "no-such-model"], "Unknown UNet config"),
+        (["--resolution", "18", "--model_config", "digits-16"], "not divisible by 4"),
+        (["--train_data_dir", "EMPTY"], "holds no image files"),
+        (["--loss", "hybrid"], "add --learn_sigma"),
+        (["--learn_sigma", "--variance_type", "fixed_small"], "does not fit the model"),
+        (["--mixed_precision", "fp16"], "needs a GPU"),
+        (["--train_batch_size", "2000"], "fewer than one optimizer step"),
+        (["--dataset_name", "x", "--train_data_dir", "y"], "not both"),
+        (["--learning_rate", "0"], "must be positive"),
+    ],
+)
+def test_bad_arguments_fail_before_training(tmp_path, extra, message):
+    (tmp_path / "EMPTY").mkdir()
+    extra = [str(tmp_path / "EMPTY") if value == "EMPTY" else value for value in extra]
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        run_main(out, *extra)
+    assert not list(out.glob("checkpoint-*")) and not (out / "unet").exists()
+
+
+def test_resuming_with_a_different_model_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert run_main(out, "--max_train_steps", "1", "--checkpointing_steps", "1") == 0
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        run_main(out, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--num_train_timesteps", "30")
+
+
+def test_hub_token_is_used_for_the_upload_but_never_written(tmp_path, monkeypatch):
+    uploads = []
+    monkeypatch.setattr(
+        train_script, "push_pipeline_to_hub", lambda pipeline, repo_id, **kwargs: uploads.append(kwargs)
+    )
+    secret = "hf_secret_value_123"
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="visible to other users"):
+        run_main(
+            out, "--max_train_steps", "1", "--checkpointing_steps", "1", "--report_to", "tensorboard",
+            "--push_to_hub", "--hub_model_id", "me/tiny", "--hub_token", secret,
+        )  # fmt: skip
+    assert uploads[0]["token"] == secret and uploads[0]["bits_per_dim"] is not None
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_checkpoints_that_resume_without_compile(tmp_path):
+    out = tmp_path / "run"
+    assert run_main(out, "--compile", "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
+    assert "conv_in.weight" in load_file(out / "checkpoint-2" / "model.safetensors")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    assert (
+        run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest") == 0
+    )
+    assert json.loads((out / "checkpoint-3" / "training_state.json").read_text())["global_step"] == 3
