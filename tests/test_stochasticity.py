@@ -90,3 +90,23 @@ def test_bad_stochasticity():
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValueError, match=r"stochasticity must lie in \[0, 1\]"):
         scheduler.step(x, scheduler.timesteps[0], x, stochasticity=-0.1)
+
+
+def test_pipeline_stochasticity_option():
+    """DDPMPlusPipeline(stochasticity=...): the default is the DDPM step, η = 1 with fixed_small is ancestral
+    sampling, η = 0 is a different, deterministic map of x_T (the scheduler tests show it draws no noise)."""
+    from pipeline_fixtures import SCHEDULER_CONFIG, tiny_unet
+
+    from ddpm_plus import DDPMPlusPipeline
+
+    pipe = DDPMPlusPipeline(unet=tiny_unet(), scheduler=DDPMPlusScheduler(**SCHEDULER_CONFIG, clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(seed: int, **kwargs) -> torch.Tensor:
+        return pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=10,
+                    output_type="pt", **kwargs).images  # fmt: skip
+
+    assert torch.equal(run(0), run(0, stochasticity=None))
+    torch.testing.assert_close(run(0, stochasticity=1.0), run(0), rtol=1e-5, atol=1e-5)
+    deterministic = run(0, stochasticity=0.0)
+    assert not torch.equal(deterministic, run(0)) and torch.equal(deterministic, run(0, stochasticity=0.0))
