@@ -43,15 +43,6 @@ SAVED_FILES = {
 FAKE_TOKEN = "hf_" + "FakeTokenThatMustNeverBeWritten0123"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread; fresh processes use one thread too, for bitwise comparisons."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def custom_pipeline() -> DDPMPlusPipeline:
     pipe = DDPMPlusPipeline(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
     pipe.set_progress_bar_config(disable=True)

@@ -124,15 +124,6 @@ def seeded_pil_image(size: int = 16, seed: int = 0) -> PIL.Image.Image:
     return PIL.Image.fromarray(coarse).resize((size, size), PIL.Image.BILINEAR)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; more threads only contend for a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def sd_pipe(tmp_path_factory) -> StableDiffusionPipeline:
     return tiny_sd_pipeline(tmp_path_factory.mktemp("tokenizer"))

@@ -22,15 +22,6 @@ from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, LikelihoodOutput
 from ddpm_plus.scheduling_ddpm_plus import PREDICTION_TYPES, DDPMPlusScheduler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_pipeline(
     learn_sigma: bool = False, dtype: torch.dtype = torch.float32, **scheduler_kwargs
 ) -> DDPMPlusPipeline:

@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from gaussian_reference import exact_sampler_moments, optimal_epsilon
+from pipeline_fixtures import tiny_unet
 
 from ddpm_plus import DDPMPlusScheduler
 from ddpm_plus.pipeline_ddpm_plus_posterior import (
@@ -135,18 +136,7 @@ def test_posterior_variance_formula():
 
 
 def tiny_pipeline(**scheduler_kwargs) -> DDPMPlusPosteriorPipeline:
-    torch.manual_seed(0)
-    learned = scheduler_kwargs.get("variance_type") == "learned_range"
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=2 if learned else 1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = tiny_unet(learn_sigma=scheduler_kwargs.get("variance_type") == "learned_range", channels=1)
     pipe = DDPMPlusPosteriorPipeline(unet=unet, scheduler=DDPMPlusScheduler(num_train_timesteps=50, **scheduler_kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -159,24 +149,13 @@ def tiny_pipeline(**scheduler_kwargs) -> DDPMPlusPosteriorPipeline:
 def test_runs_with_real_unet_for_every_parameterization(scheduler_kwargs):
     pipe = tiny_pipeline(**scheduler_kwargs)
     y = torch.rand(2, 1, 4, 4) * 2 - 1
-    out = pipe(
-        y,
-        "super_resolution",
-        0.1,
-        factor=2,
-        num_inference_steps=10,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
-    again = pipe(
-        y,
-        "super_resolution",
-        0.1,
-        factor=2,
-        num_inference_steps=10,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
+
+    def super_resolve() -> np.ndarray:
+        generator = torch.Generator().manual_seed(0)
+        kwargs = {"factor": 2, "num_inference_steps": 10, "output_type": "np", "generator": generator}
+        return pipe(y, "super_resolution", 0.1, **kwargs).images
+
+    out, again = super_resolve(), super_resolve()
     assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
     np.testing.assert_array_equal(out, again)
     pil = pipe(y, "super_resolution", 0.1, factor=2, num_inference_steps=3).images
