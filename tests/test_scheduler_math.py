@@ -143,6 +143,10 @@ def test_float64_schedules(schedule):
     assert torch.equal(DDPMPlusScheduler(beta_schedule=schedule).betas, DDPMScheduler(beta_schedule=schedule).betas)
 
 
+def test_snr(ref):
+    close(DDPMPlusScheduler().snr(T(T_IDX)), ref.abar[T_IDX] / (1 - ref.abar[T_IDX]))
+
+
 def test_q_sample(ref, data):
     x0, noise, _, _ = data
     expected = np.sqrt(ref.col(ref.abar, T_IDX)) * x0.numpy() + np.sqrt(1 - ref.col(ref.abar, T_IDX)) * noise.numpy()

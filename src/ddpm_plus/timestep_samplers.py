@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_plus.scheduling_ddpm_plus import check_choice
+
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 
 
@@ -124,4 +126,5 @@ def create_timestep_sampler(name: str, num_timesteps: int, **kwargs: Any) -> Uni
         return UniformSampler(num_timesteps)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(num_timesteps, **kwargs)
-    raise ValueError(f"Unknown timestep sampler {name!r}; valid choices are: {', '.join(TIMESTEP_SAMPLERS)}.")
+    check_choice("timestep sampler", name, TIMESTEP_SAMPLERS)
+    raise AssertionError("unreachable")
