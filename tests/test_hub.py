@@ -35,6 +35,7 @@ SAVED_FILES = {
     "model_index.json",
     "pipeline_ddpm_plus.py",
     "scheduling_ddpm_plus.py",
+    "likelihood.py",
     "scheduler/scheduler_config.json",
     "scheduler/scheduling_ddpm_plus.py",
     "unet/config.json",
@@ -88,10 +89,16 @@ def saved(tmp_path_factory) -> tuple[Path, DDPMPlusPipeline]:
 def test_saved_directory_is_self_contained_safetensors_only(saved):
     directory, _ = saved
     assert relative_files(directory) == SAVED_FILES
-    for copy, kind in [("pipeline_ddpm_plus.py", "pipeline"), ("scheduling_ddpm_plus.py", "scheduler")]:
+    code_files = [
+        ("pipeline_ddpm_plus.py", "pipeline"),
+        ("scheduling_ddpm_plus.py", "scheduler"),
+        ("likelihood.py", "likelihood"),
+    ]
+    for copy, kind in code_files:
         assert (directory / copy).read_bytes() == source_file(kind).read_bytes()
     assert (directory / "scheduler" / "scheduling_ddpm_plus.py").read_bytes() == source_file("scheduler").read_bytes()
     assert source_file("pipeline") == REPO_ROOT / "src" / "ddpm_plus" / "pipeline_ddpm_plus.py"
+    assert source_file("likelihood") == REPO_ROOT / "src" / "ddpm_plus" / "likelihood.py"
     model_index = json.loads((directory / "model_index.json").read_text())
     assert model_index["_class_name"] == ["pipeline_ddpm_plus", "DDPMPlusPipeline"]
     assert model_index["scheduler"] == ["scheduling_ddpm_plus", "DDPMPlusScheduler"]
@@ -213,6 +220,9 @@ pipe.save_pretrained(os.path.join(out, "resaved"))
 
 community_pipe = DiffusionPipeline.from_pretrained(plain, custom_pipeline=community, trust_remote_code=True)
 np.save(os.path.join(out, "community_images.npy"), images(community_pipe))
+community_pipe.set_progress_bar_config(disable=True)
+community_bound = community_pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim
+np.save(os.path.join(out, "community_bits_per_dim.npy"), community_bound.numpy())
 
 report = {{
     "hidden": hidden,
@@ -259,6 +269,7 @@ def test_directory_saved_without_ddpm_plus_round_trips(saved, plain_diffusers_ru
     assert relative_files(resaved) == SAVED_FILES
     assert (resaved / "pipeline_ddpm_plus.py").read_bytes() == source_file("pipeline").read_bytes()
     assert (resaved / "scheduler" / "scheduling_ddpm_plus.py").read_bytes() == source_file("scheduler").read_bytes()
+    assert (resaved / "likelihood.py").read_bytes() == source_file("likelihood").read_bytes()
     loaded = DDPMPlusPipeline.from_pretrained(resaved)
     assert type(loaded.scheduler) is DDPMPlusScheduler
     assert np.array_equal(sample(loaded), sample(saved[1]))
@@ -268,8 +279,69 @@ def test_community_pipeline_loads_a_plain_ddpm_directory(plain_ddpm_directory, p
     out, report = plain_diffusers_run
     assert report["community_pipeline"] == "diffusers_modules.local.pipeline.DDPMPlusPipeline"
     assert report["community_scheduler"] == "diffusers_modules.local.scheduling_ddpm_plus.DDPMPlusScheduler"
-    _, ddpm_images = plain_ddpm_directory
+    directory, ddpm_images = plain_ddpm_directory
     assert np.array_equal(np.load(out / "community_images.npy"), ddpm_images)
+    pipe = DDPMPlusPipeline.from_pretrained(directory)
+    pipe.set_progress_bar_config(disable=True)
+    bound = pipe.log_likelihood(np.load(out / "pixels.npy"), generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(np.load(out / "community_bits_per_dim.npy"), bound.bits_per_dim.numpy())
+
+
+_POSTERIOR_COMMUNITY_SCRIPT = """
+import importlib.util
+import os
+import sys
+
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "ddpm_plus"))]
+sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in type(finder).__module__.lower()]
+assert importlib.util.find_spec("ddpm_plus") is None
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+torch.set_num_threads(1)
+plain, community, out = sys.argv[1:4]
+pipe = DiffusionPipeline.from_pretrained(plain, custom_pipeline=community, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+print(type(pipe).__name__)
+measurement = torch.from_numpy(np.load(os.path.join(out, "measurement.npy")))
+images = pipe(measurement, "super_resolution", factor=2, num_inference_steps={steps},
+              generator=torch.Generator().manual_seed(0), output_type="np").images
+np.save(os.path.join(out, "posterior_images.npy"), images)
+pixels = np.load(os.path.join(out, "pixels.npy"))
+bound = pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim
+np.save(os.path.join(out, "posterior_bits_per_dim.npy"), bound.numpy())
+"""
+
+
+def test_posterior_community_pipeline_loads_with_an_empty_module_cache(plain_ddpm_directory, tmp_path):
+    """diffusers copies only the modules that a local community pipeline.py names itself: the posterior folder must
+    load, sample and compute bits/dim as the first remote code of a fresh process (nothing cached before it)."""
+    from ddpm_plus.pipeline_ddpm_plus_posterior import DDPMPlusPosteriorPipeline
+
+    directory, _ = plain_ddpm_directory
+    measurement = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    np.save(tmp_path / "measurement.npy", measurement.numpy())
+    np.save(tmp_path / "pixels.npy", random_uint8_images(1))
+    community = REPO_ROOT / "pipelines" / "ddpm_plus_posterior"
+    script = _POSTERIOR_COMMUNITY_SCRIPT.format(steps=STEPS)
+    result = fresh_process(script, str(directory), str(community), str(tmp_path), cwd=tmp_path)
+    assert result.stdout.split() == ["DDPMPlusPosteriorPipeline"]
+
+    pipe = DDPMPlusPosteriorPipeline.from_pretrained(directory)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        measurement,
+        "super_resolution",
+        factor=2,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert np.array_equal(np.load(tmp_path / "posterior_images.npy"), images)
+    bound = pipe.log_likelihood(random_uint8_images(1), generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(np.load(tmp_path / "posterior_bits_per_dim.npy"), bound.bits_per_dim.numpy())
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -280,8 +352,9 @@ def test_community_pipeline_loads_a_plain_ddpm_directory(plain_ddpm_directory, p
 def test_shipped_community_pipeline_files_match_their_sources():
     folders = hub.community_pipeline_files()
     assert set(folders) == {"ddpm_plus", "ddpm_plus_posterior"}
-    assert set(folders["ddpm_plus"]) == {"pipeline.py", "scheduling_ddpm_plus.py"}
-    assert set(folders["ddpm_plus_posterior"]) == {"pipeline.py", "pipeline_ddpm_plus.py", "scheduling_ddpm_plus.py"}
+    shared = {"scheduling_ddpm_plus.py", "likelihood.py"}
+    assert set(folders["ddpm_plus"]) == {"pipeline.py", *shared}
+    assert set(folders["ddpm_plus_posterior"]) == {"pipeline.py", "pipeline_ddpm_plus.py", *shared}
     for folder, files in folders.items():
         for name, source in files.items():
             assert (REPO_ROOT / "pipelines" / folder / name).read_bytes() == source.read_bytes(), (

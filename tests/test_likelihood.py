@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from keyed_noise import documented_noise, seeded_noise_keys
 from numpy.polynomial.hermite_e import hermegauss
 
 from ddpm_plus.likelihood import (
@@ -65,16 +66,6 @@ def prior_nats(chain: Chain, x0: np.ndarray) -> np.ndarray:
     return gauss_kl(np.sqrt(ab) * x0, np.log1p(-ab), 0.0, 0.0)
 
 
-def noise_keys(seed: int, batch: int) -> list[int]:
-    """The documented noise keys: B draws of torch.randint(0, 2**63 - 1) from a generator seeded with `seed`."""
-    return torch.randint(0, 2**63 - 1, (batch,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def documented_noise(key: int, t: int, shape) -> np.ndarray:
-    """ε of an image with noise key `key` at timestep t: Philox keyed by the key, counter [0, t, 0, 0]."""
-    return np.random.Generator(np.random.Philox(key=key, counter=[0, t, 0, 0])).standard_normal(shape)
-
-
 def per_image(values: np.ndarray) -> np.ndarray:
     return values.reshape(values.shape[0], -1).mean(1)
 
@@ -98,7 +89,7 @@ class ToyEpsilon(torch.nn.Module):
 
 def reference_bound(chain: Chain, model: ToyEpsilon, x0: np.ndarray, seed: int, variance_type: str):
     """calc_bpd_loop from the formulas: for every t one draw of the documented noise, then eq. 4-13."""
-    keys = noise_keys(seed, x0.shape[0])
+    keys = seeded_noise_keys(seed, x0.shape[0])
     num_steps = len(chain.betas)
     terms, x0_mse = np.zeros((x0.shape[0], num_steps)), np.zeros((x0.shape[0], num_steps))
     a = model.a.numpy()
@@ -285,7 +276,7 @@ def test_gaussian_data_bound_minus_nll_is_the_prior_mismatch():
     logvar = model.logvar.numpy()
 
     # (1) per-sample identity at every timestep, with the documented noise redrawn here
-    keys = noise_keys(1, shape[0])
+    keys = seeded_noise_keys(1, shape[0])
     for column, t in enumerate(kl_timesteps.tolist()):
         noise = np.stack([documented_noise(key, t, shape[1:]) for key in keys])
         x_t = np.sqrt(ab[t]) * x + np.sqrt(1 - ab[t]) * noise
@@ -584,10 +575,26 @@ def test_bad_models_and_arguments(tiny):
         (lambda: estimate_bound(unet, x0, scheduler, num_strata=0), "num_strata"),
         (lambda: estimate_bound(unet, x0, DDPMPlusScheduler(num_train_timesteps=1)), "at least 2 timesteps"),
         (lambda: student_t_quantile(1.5, torch.tensor(3.0)), "confidence"),
+        (lambda: student_t_quantile(0.95, torch.tensor([3.0, 0.5])), "at least 1"),
+        (lambda: student_t_quantile(0.95, torch.tensor(math.nan)), "at least 1"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.8, 0.9, 0.95, 0.99, 0.999])
+def test_student_t_quantile_matches_scipy(confidence):
+    """Our quadrature / expansion against scipy's t.ppf, from 1 degree of freedom (Cauchy) to the normal limit."""
+    from scipy import stats
+
+    dofs = [1, 1.0001, 1.3, 1.5, 2, 2.5, 3.7, 5, 10, 30, 100, 1e3, 9999, 1e4, 1e6, 1e12, math.inf]
+    expected = torch.from_numpy(stats.t.ppf((1 + confidence) / 2, dofs))
+    torch.testing.assert_close(student_t_quantile(confidence, torch.tensor(dofs)), expected, rtol=1e-6, atol=0)
+    # the Cauchy quantile has a closed form: tan(π c / 2)
+    assert student_t_quantile(confidence, torch.tensor(1.0)).item() == pytest.approx(
+        math.tan(math.pi * confidence / 2), rel=1e-12
+    )
 
 
 def test_kl_terms_accept_continuous_data_but_the_decoder_needs_8bit(tiny):
@@ -704,21 +711,25 @@ def test_cli_errors(saved_model, tmp_path, capsys):
         main(["bpd", "--model", str(saved_model), "--num-timesteps", "2"])
 
 
-def test_engine_and_pipeline_loop_estimate_the_same_bound():
-    """`variational_bound` (batched, keyed noise) and `DDPMPlusPipeline.log_likelihood` (one network call per
-    timestep, the pipeline's own noise stream) are two draws of the same expected bound: per-image differences
-    average to 0 within 4 standard errors, and the prior terms are identical."""
-    from pipeline_fixtures import SCHEDULER_CONFIG, random_uint8_images, tiny_unet
+def test_pipeline_log_likelihood_is_the_engines_bound():
+    """`DDPMPlusPipeline.log_likelihood` computes `variational_bound`: the same generator gives the same terms,
+    x̂_0 errors and total, for a single generator and for one generator per image; the estimator with that
+    generator brackets it."""
+    from pipeline_fixtures import SCHEDULER_CONFIG, generators, random_uint8_images, tiny_unet
 
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 
     pipe = DDPMPlusPipeline(unet=tiny_unet(), scheduler=DDPMPlusScheduler(**SCHEDULER_CONFIG))
     pipe.set_progress_bar_config(disable=True)
-    x0 = torch.from_numpy(random_uint8_images(96, seed=3)).permute(0, 3, 1, 2).double() / 127.5 - 1
-    loop = pipe.log_likelihood(x0.float(), generator=torch.Generator().manual_seed(1))
-    engine = variational_bound(pipe, x0.float(), generator=torch.Generator().manual_seed(2), progress=False)
-    difference = (loop.bits_per_dim.double() - engine.total_bpd.double()).numpy()
-    assert abs(difference.mean()) < 4 * difference.std(ddof=1) / math.sqrt(len(difference))
-    assert difference.std() > 0  # the noise streams are really different
-    # the loop computes in the images' float32, the engine in float64: float32-level agreement of the exact prior
-    torch.testing.assert_close(loop.prior_bpd.double(), engine.prior_bpd.double(), rtol=1e-5, atol=1e-7)
+    pixels = random_uint8_images(6, seed=3)
+    x0 = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    for make_generator in (lambda: torch.Generator().manual_seed(1), lambda: generators(list(range(6)))):
+        output = pipe.log_likelihood(pixels, generator=make_generator(), max_batch_size=16)
+        engine = variational_bound(
+            pipe.unet, x0, pipe.scheduler, generator=make_generator(), max_batch_size=16, progress=False
+        )
+        assert torch.equal(output.terms_bpd, engine.terms_bpd) and torch.equal(output.x0_mse, engine.x0_mse)
+        assert torch.equal(output.bits_per_dim, engine.total_bpd) and torch.equal(output.prior_bpd, engine.prior_bpd)
+    half_precision = DDPMPlusPipeline(unet=tiny_unet(dtype=torch.float16), scheduler=pipe.scheduler)
+    with pytest.raises(ValueError, match="model.float"):
+        half_precision.log_likelihood(pixels)

@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from keyed_noise import documented_noise, noise_keys
 from pipeline_fixtures import (
     CHANNELS,
     NUM_TRAIN_TIMESTEPS,
@@ -137,9 +138,10 @@ def reference_bound_bpd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(total bits/dim, per-term bits/dim (B, T)) from the formulas of Ho et al. 2020 (eq. 4-7, 13) in float64.
 
-    At each t = T-1, ..., 0 the noise is one `torch.randn` draw of the batch from `generator`, or of each image from
-    its own generator when `generator` is a list.
+    The noise of image i at timestep t is the documented keyed noise (`keyed_noise`): the images' keys are drawn from
+    `generator` (or from each of a list of per-image generators) first.
     """
+    keys = noise_keys(generator, x0.shape[0])
     num_steps = NUM_TRAIN_TIMESTEPS
     betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
     alphas = 1 - betas
@@ -150,10 +152,7 @@ def reference_bound_bpd(
     batch = x0.shape[0]
     terms = torch.zeros(batch, num_steps, dtype=torch.float64)
     for t in reversed(range(num_steps)):
-        if isinstance(generator, list):
-            eps = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g, dtype=torch.float64) for g in generator])
-        else:
-            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        eps = torch.from_numpy(np.stack([documented_noise(key, t, x0.shape[1:]) for key in keys]))
         x_t = alpha_bar[t].sqrt() * x0 + (1 - alpha_bar[t]).sqrt() * eps  # eq. 4
         output = unet(x_t, torch.full((batch,), t)).sample.double()
         output, v = output.split(x0.shape[1], dim=1) if variance_type == "learned_range" else (output, None)
@@ -228,6 +227,7 @@ def test_log_likelihood_matches_float64_reference(prediction_type, variance_type
         return generators([5, 6]) if generator_kind == "list" else torch.Generator().manual_seed(5)
 
     result = pipe.log_likelihood(x0, generator=generator())
+    rechunked = pipe.log_likelihood(x0, generator=generator(), max_batch_size=7)
     beta_range = (SCHEDULER_CONFIG["beta_start"], SCHEDULER_CONFIG["beta_end"])
     total, terms = reference_bound_bpd(pipe.unet, x0, *beta_range, prediction_type, variance_type, generator())
     assert isinstance(result, LikelihoodOutput)
@@ -235,6 +235,8 @@ def test_log_likelihood_matches_float64_reference(prediction_type, variance_type
     torch.testing.assert_close(result.terms_bpd, terms, rtol=1e-10, atol=0)
     torch.testing.assert_close(result.bits_per_dim, total, rtol=1e-10, atol=0)
     torch.testing.assert_close(result.bits_per_dim, result.prior_bpd + result.terms_bpd.sum(1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(rechunked.terms_bpd, terms, rtol=1e-10, atol=0)
+    assert torch.equal(result.decoder_bpd, result.terms_bpd[:, 0])
 
 
 def test_log_likelihood_accepts_uint8_arrays_pil_and_tensors():
@@ -253,10 +255,11 @@ def test_log_likelihood_accepts_uint8_arrays_pil_and_tensors():
     }
     for name, bound in bounds.items():
         assert torch.equal(bound, bounds["float tensor"]), name
-    (bits_per_dim, prior, terms) = pipe.log_likelihood(
+    (bits_per_dim, prior, terms, decoder, x0_mse, eps_mse) = pipe.log_likelihood(
         pixels, generator=torch.Generator().manual_seed(0), return_dict=False
     )
     assert torch.equal(bits_per_dim, bounds["float tensor"]) and prior.shape == (2,) and terms.shape == (2, 20)
+    assert decoder.shape == (2,) and x0_mse.shape == eps_mse.shape == (2, 20)
 
 
 def test_log_likelihood_of_a_grey_pil_image_and_train_mode_is_restored():
@@ -329,6 +332,13 @@ def _images_at_level(level: float, channels: int = CHANNELS) -> torch.Tensor:
 def test_non_8bit_or_misshaped_images_are_rejected(images, message):
     with pytest.raises(ValueError, match=message):
         make_pipeline().log_likelihood(images)
+
+
+def test_log_likelihood_needs_one_generator_per_image_and_a_positive_chunk_size():
+    with pytest.raises(ValueError, match="got 1 generators for 2 images"):
+        make_pipeline().log_likelihood(random_uint8_images(2), generator=generators([0]))
+    with pytest.raises(ValueError, match="max_batch_size must be positive"):
+        make_pipeline().log_likelihood(random_uint8_images(2), max_batch_size=0)
 
 
 # ------------------------------------------------------------------------------------------------------------------

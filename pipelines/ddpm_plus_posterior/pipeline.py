@@ -11,7 +11,7 @@ The conditional score ∇log p_t(x_t | y) = ∇log p_t(x_t) + ∇log l(y | x_t) 
 ε̂_y = ε̂ - √(1-ᾱ_t) · guidance_scale · ∇_{x_t} log l(y | x_t); each step is then an ordinary scheduler step.
 
 It builds on `DDPMPlusPipeline` (same components, checks and outputs) and imports only torch, diffusers and the
-sibling pipeline and scheduler modules.
+sibling pipeline, scheduler and likelihood modules.
 """
 
 import math
@@ -21,8 +21,12 @@ import torch.nn.functional as F
 from diffusers import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-# the module, not the class: diffusers' community loader accepts one pipeline class per file namespace
+# diffusers accepts one pipeline class in a community file's namespace, so the base class is reached through its
+# module; and it copies next to a local community pipeline.py only the modules named there in `from .module import`
+# lines (not what those import), so the base pipeline's sibling modules are named here as well.
 from . import pipeline_ddpm_plus
+from .likelihood import variational_bound  # noqa: F401
+from .pipeline_ddpm_plus import LikelihoodOutput  # noqa: F401
 from .scheduling_ddpm_plus import check_choice
 
 VARIANCE_APPROXIMATIONS = ("gaussian", "dps")

@@ -1,9 +1,9 @@
 # Copyright 2026 The ddpm_plus authors. Licensed under the Apache License, Version 2.0.
 """DDPMPlusPipeline: unconditional DDPM sampling (Algorithm 2) and exact bits/dim (eq. 5) in one diffusers pipeline.
 
-This file follows diffusers' single-file policy: it imports only torch, numpy, diffusers and the sibling scheduler
-module, so it travels inside Hub repositories. `save_pretrained` copies this file and the scheduler file into the
-saved directory and records them in `model_index.json`, so the directory loads with plain diffusers:
+This file follows diffusers' single-file policy: it imports only torch, numpy, diffusers and two sibling modules
+(the scheduler and the likelihood engine), so it travels inside Hub repositories. `save_pretrained` copies the three
+files into the saved directory and records them in `model_index.json`, so the directory loads with plain diffusers:
 `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`. With the ddpm_plus package installed,
 `DDPMPlusPipeline.from_pretrained(path)` loads the same directory without running any code from it.
 
@@ -25,6 +25,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNe
 from diffusers.utils import BaseOutput, is_torch_xla_available
 from diffusers.utils.torch_utils import randn_tensor
 
+from .likelihood import DEFAULT_MAX_BATCH_SIZE, variational_bound
 from .scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler, check_8bit_data, check_choice
 
 if is_torch_xla_available():
@@ -37,37 +38,47 @@ else:
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 # The code files a saved directory ships, and the `model_index.json` entries that point at them. diffusers resolves
-# the pipeline's relative scheduler import next to the pipeline file, so the scheduler file sits at the root too.
+# the pipeline's relative imports next to the pipeline file, so the scheduler and likelihood files sit at the root.
 PIPELINE_FILE = "pipeline_ddpm_plus.py"
 SCHEDULER_FILE = "scheduling_ddpm_plus.py"
+LIKELIHOOD_FILE = "likelihood.py"
+CODE_FILES = {"pipeline": PIPELINE_FILE, "scheduler": SCHEDULER_FILE, "likelihood": LIKELIHOOD_FILE}
 PIPELINE_ENTRY = [Path(PIPELINE_FILE).stem, "DDPMPlusPipeline"]
 SCHEDULER_ENTRY = [Path(SCHEDULER_FILE).stem, "DDPMPlusScheduler"]
 
 
 @dataclass
 class LikelihoodOutput(BaseOutput):
-    """Per-image terms of the variational bound (eq. 5), in bits/dim.
+    """Per-image terms of the variational bound (eq. 5), in bits/dim; float64 tensors on the CPU.
 
     Args:
         bits_per_dim: the bound L = L_T + Σ_{t>1} L_{t-1} + L_0 per image, shape (B,).
         prior_bpd: the prior term L_T per image, shape (B,).
         terms_bpd: shape (B, T); column t (0-based, as diffusers' timesteps) is the KL term L_t for t > 0 and the
             discretized decoder NLL L_0 for t = 0.
+        decoder_bpd: the decoder term L_0 per image (column 0 of `terms_bpd`), shape (B,).
+        x0_mse: shape (B, T), mean squared error of the predicted x_0 at each t (the distortion of the paper's
+            rate/distortion curve, sec. 4.3).
+        eps_mse: shape (B, T), mean squared error of the predicted ε at each t.
     """
 
     bits_per_dim: torch.Tensor
     prior_bpd: torch.Tensor
     terms_bpd: torch.Tensor
+    decoder_bpd: torch.Tensor
+    x0_mse: torch.Tensor
+    eps_mse: torch.Tensor
 
 
 def source_file(kind: str) -> Path:
-    """Path of the code file shipped in saved directories: `kind` is "pipeline" or "scheduler".
+    """Path of a code file shipped in saved directories: `kind` is "pipeline", "scheduler" or "likelihood".
 
-    The files are read from where the running classes were imported, so a pipeline loaded with
+    The files are read from where the running modules were imported, so a pipeline loaded with
     `trust_remote_code=True` (without the ddpm_plus package) saves self-contained directories as well.
     """
-    check_choice("code file kind", kind, ("pipeline", "scheduler"))
-    return Path(inspect.getfile(DDPMPlusPipeline if kind == "pipeline" else DDPMPlusScheduler))
+    check_choice("code file kind", kind, tuple(CODE_FILES))
+    defined_there = {"pipeline": DDPMPlusPipeline, "scheduler": DDPMPlusScheduler, "likelihood": variational_bound}
+    return Path(inspect.getfile(defined_there[kind]))
 
 
 class DDPMPlusPipeline(DiffusionPipeline):
@@ -197,61 +208,59 @@ class DDPMPlusPipeline(DiffusionPipeline):
     # Likelihood
     # ------------------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def log_likelihood(
         self,
         images: Any,
         generator: torch.Generator | list[torch.Generator] | None = None,
         clip_denoised: bool = False,
         return_dict: bool = True,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> LikelihoodOutput | tuple:
         """The variational bound on -log p_θ(x_0) in bits/dim (eq. 5), summed exactly over all T timesteps.
 
-        For each t = T-1, ..., 0 (0-based), one x_t ~ q(x_t | x_0) is drawn (eq. 4), the UNet is evaluated on it,
-        and the scheduler's `vb_terms_bpd` gives the KL term (t > 0) or the discretized decoder NLL (t = 0,
-        eq. 13); `prior_bpd` gives L_T. This is one network call per timestep for the whole batch; the UNet runs in
-        eval mode (no dropout) and its train/eval mode is restored afterwards. Computed in float32 (float64 for a
-        float64 UNet).
+        Computed by `variational_bound` of the likelihood module (shipped next to this file): for every image and
+        every t one x_t ~ q(x_t | x_0) (eq. 4), the KL term for t > 0 and the discretized decoder NLL for t = 0
+        (eq. 13), plus the prior L_T. Many (image, timestep) pairs share one UNet call (`max_batch_size` per call);
+        the noise of a pair depends only on the image's noise key (drawn from `generator`) and t, so the result does
+        not depend on `max_batch_size`, and `ddpm_plus.likelihood.estimate_bound` with the same generator estimates
+        exactly this value. The UNet runs in eval mode (its mode is restored) in its float32 or float64 weights;
+        float16/bfloat16 UNets are refused (call `pipe.unet.float()` first). The terms are float64 on the CPU.
 
         Args:
             images: 8-bit images: a float tensor (B, C, H, W) on the grid k/127.5 - 1 in [-1, 1], a uint8 tensor
                 (B, C, H, W), a uint8 array (B, H, W, C) or (B, H, W), or a PIL image or list of PIL images.
-            generator: a `torch.Generator`, or one per image, for the noise of q(x_t | x_0).
+            generator: a CPU `torch.Generator`, or one per image (an image's bound then does not depend on the
+                rest of the batch); None uses torch's global generator.
             clip_denoised: clip the predicted x_0 to [-1, 1] before forming the mean of p_θ(x_{t-1} | x_t).
-            return_dict: return a `LikelihoodOutput` instead of a tuple (bits_per_dim, prior_bpd, terms_bpd).
+            return_dict: return a `LikelihoodOutput` instead of a tuple of its fields.
+            max_batch_size: (image, timestep) pairs per UNet call.
         """
         self._check_components()
-        if not hasattr(self.scheduler, "vb_terms_bpd"):
+        if not hasattr(self.scheduler, "vb_terms_from_moments"):
             raise ValueError(
                 f"log_likelihood needs the DDPM+ scheduler math; {type(self.scheduler).__name__} has none. Use "
                 "`pipe.scheduler = DDPMPlusScheduler.from_config(pipe.scheduler.config)`."
             )
-        device = self._execution_device
-        compute_dtype = torch.float64 if self.unet.dtype == torch.float64 else torch.float32
-        x0 = self._as_model_images(images).to(device=device, dtype=compute_dtype)
-        batch_size = x0.shape[0]
-        _check_generator_list(generator, batch_size)
-
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        terms = x0.new_zeros(batch_size, num_train_timesteps)
-        was_training = self.unet.training
-        self.unet.eval()  # the bound is a property of the deterministic network: no dropout
-        try:
-            for t in self.progress_bar(range(num_train_timesteps - 1, -1, -1)):
-                noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=compute_dtype)
-                x_t = self.scheduler.q_sample(x0, noise, t)
-                timesteps = torch.full((batch_size,), t, device=device, dtype=torch.long)
-                model_output = self.unet(x_t.to(self.unet.dtype), timesteps).sample.to(compute_dtype)
-                terms[:, t] = self.scheduler.vb_terms_bpd(model_output, x0, x_t, t, clip_denoised=clip_denoised)
-        finally:
-            self.unet.train(was_training)
-        prior = self.scheduler.prior_bpd(x0)
-        bits_per_dim = prior + terms.sum(dim=1)
-
+        x0 = self._as_model_images(images)
+        bound = variational_bound(
+            self.unet,
+            x0,
+            self.scheduler,
+            generator=generator,
+            max_batch_size=max_batch_size,
+            clip_denoised=clip_denoised,
+            progress=not getattr(self, "_progress_bar_config", {}).get("disable", False),
+        )
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (bits_per_dim, prior, terms)
-        return LikelihoodOutput(bits_per_dim=bits_per_dim, prior_bpd=prior, terms_bpd=terms)
+        output = LikelihoodOutput(
+            bits_per_dim=bound.total_bpd,
+            prior_bpd=bound.prior_bpd,
+            terms_bpd=bound.terms_bpd,
+            decoder_bpd=bound.decoder_bpd,
+            x0_mse=bound.x0_mse,
+            eps_mse=bound.eps_mse,
+        )
+        return output if return_dict else output.to_tuple()
 
     def _as_model_images(self, images: Any) -> torch.Tensor:
         """8-bit images as a float tensor (B, C, H, W) in [-1, 1], checked against the UNet's input shape."""
@@ -289,9 +298,10 @@ class DDPMPlusPipeline(DiffusionPipeline):
     ) -> None:
         """Save weights (safetensors), configs and the code files that make the directory self-contained.
 
-        Besides diffusers' layout, the directory gets `pipeline_ddpm_plus.py` and `scheduling_ddpm_plus.py` (copied
-        from the running modules, also into `scheduler/`), and `model_index.json` names them, so plain diffusers
-        loads it with `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`.
+        Besides diffusers' layout, the directory gets `pipeline_ddpm_plus.py`, `scheduling_ddpm_plus.py` (also in
+        `scheduler/`) and `likelihood.py`, copied from the running modules, and `model_index.json` names the pipeline
+        and scheduler files, so plain diffusers loads it with
+        `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`.
 
         Args:
             save_directory: the directory to write (created if missing).
@@ -310,9 +320,9 @@ class DDPMPlusPipeline(DiffusionPipeline):
             _package_hub_module().push_saved_pipeline(save_directory, repo_id, **kwargs)
 
     def _write_custom_code(self, directory: Path) -> None:
-        """Copy the pipeline and scheduler code into `directory` and point `model_index.json` at them."""
-        shutil.copyfile(source_file("pipeline"), directory / PIPELINE_FILE)
-        shutil.copyfile(source_file("scheduler"), directory / SCHEDULER_FILE)
+        """Copy the pipeline, scheduler and likelihood code into `directory`; point `model_index.json` at them."""
+        for kind, name in CODE_FILES.items():
+            shutil.copyfile(source_file(kind), directory / name)
         index_path = directory / self.config_name
         model_index = json.loads(index_path.read_text(encoding="utf-8"))
         model_index.pop("_name_or_path", None)  # where it was loaded from: a local path has no meaning elsewhere

@@ -29,7 +29,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from ddpm_plus import pipeline_ddpm_plus_posterior
-from ddpm_plus.pipeline_ddpm_plus import PIPELINE_FILE, SCHEDULER_FILE, source_file
+from ddpm_plus.pipeline_ddpm_plus import CODE_FILES, PIPELINE_FILE, source_file
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -243,13 +243,13 @@ def community_pipeline_files() -> dict[str, dict[str, Path]]:
     """For each community pipeline folder, its files and the package source files they are copied from.
 
     diffusers loads `pipeline.py` from the folder given as `custom_pipeline` and resolves its relative imports
-    (the base pipeline, the scheduler) next to it.
+    (the base pipeline, the scheduler, the likelihood engine) next to it.
     """
-    pipeline, scheduler = source_file("pipeline"), source_file("scheduler")
+    modules = {name: source_file(kind) for kind, name in CODE_FILES.items() if kind != "pipeline"}
     posterior = Path(pipeline_ddpm_plus_posterior.__file__)
     return {
-        "ddpm_plus": {COMMUNITY_PIPELINE_FILE: pipeline, SCHEDULER_FILE: scheduler},
-        "ddpm_plus_posterior": {COMMUNITY_PIPELINE_FILE: posterior, PIPELINE_FILE: pipeline, SCHEDULER_FILE: scheduler},
+        "ddpm_plus": {COMMUNITY_PIPELINE_FILE: source_file("pipeline"), **modules},
+        "ddpm_plus_posterior": {COMMUNITY_PIPELINE_FILE: posterior, PIPELINE_FILE: source_file("pipeline"), **modules},
     }
 
 
