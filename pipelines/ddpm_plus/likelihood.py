@@ -268,7 +268,7 @@ class _Network:
             )
         if not torch.isfinite(output).all():
             raise ValueError("the model output contains NaN or infinite values.")
-        return output.double()
+        return output.to(device=x_t.device, dtype=torch.float64)  # offloading hooks may return it elsewhere
 
 
 def _output_tensor(output: Any) -> torch.Tensor:
