@@ -35,8 +35,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -70,8 +70,22 @@ class BoundTerms:
     eps_mse: torch.Tensor
 
 
+class _PerImageResults:
+    """Dataclass base: per-image tensor fields (batch first) and a `num_evaluations` count, joined over batches."""
+
+    @classmethod
+    def concat(cls, parts: Sequence[Self]) -> Self:
+        """Join the results of several batches of images into one."""
+        per_image = {
+            field.name: torch.cat([getattr(part, field.name) for part in parts])
+            for field in fields(cls)
+            if field.name != "num_evaluations"
+        }
+        return cls(**per_image, num_evaluations=sum(part.num_evaluations for part in parts))
+
+
 @dataclass
-class BoundResult:
+class BoundResult(_PerImageResults):
     """The exact variational bound (eq. 5) per image, in bits/dim; tensors are float64 on the CPU.
 
     Attributes:
@@ -93,14 +107,6 @@ class BoundResult:
     eps_mse: torch.Tensor
     num_evaluations: int
 
-    @classmethod
-    def concat(cls, results: Sequence[BoundResult]) -> BoundResult:
-        """Join the results of several batches of images into one."""
-        return cls(
-            **{name: torch.cat([getattr(result, name) for result in results]) for name in _PER_IMAGE_BOUND_FIELDS},
-            num_evaluations=sum(result.num_evaluations for result in results),
-        )
-
     def rate_bpd(self) -> torch.Tensor:
         """(B, T) rate of the paper's rate/distortion curve (sec. 4.3): the prior plus the KL terms at timesteps
         ≥ max(t, 1), i.e. the bits received once the reverse process has reached x_t; pair with `x0_mse`."""
@@ -108,11 +114,8 @@ class BoundResult:
         return self.prior_bpd[:, None] + kl_terms.flip(1).cumsum(1).flip(1)
 
 
-_PER_IMAGE_BOUND_FIELDS = ("total_bpd", "prior_bpd", "decoder_bpd", "terms_bpd", "x0_mse", "eps_mse")
-
-
 @dataclass
-class BoundEstimate:
+class BoundEstimate(_PerImageResults):
     """A Monte-Carlo estimate of the variational bound per image (bits/dim; float64 tensors on the CPU).
 
     The estimand is the exact bound of each image for the same noise (see `estimate_bound`). Variances come from
@@ -137,14 +140,6 @@ class BoundEstimate:
     kl_bpd: torch.Tensor
     num_evaluations: int
 
-    @classmethod
-    def concat(cls, estimates: Sequence[BoundEstimate]) -> BoundEstimate:
-        """Join the estimates of several batches of images into one."""
-        return cls(
-            **{name: torch.cat([getattr(item, name) for item in estimates]) for name in _PER_IMAGE_ESTIMATE_FIELDS},
-            num_evaluations=sum(item.num_evaluations for item in estimates),
-        )
-
     def interval(self, confidence: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image two-sided confidence interval (low, high) of the exact bound."""
         half_width = student_t_quantile(confidence, self.degrees_of_freedom) * self.standard_error
@@ -166,16 +161,6 @@ class BoundEstimate:
         dof = welch_satterthwaite_dof(variances, self.degrees_of_freedom)
         half_width = student_t_quantile(confidence, dof) * self.mean_standard_error
         return self.mean_bpd - half_width.item(), self.mean_bpd + half_width.item()
-
-
-_PER_IMAGE_ESTIMATE_FIELDS = (
-    "total_bpd",
-    "standard_error",
-    "degrees_of_freedom",
-    "prior_bpd",
-    "decoder_bpd",
-    "kl_bpd",
-)
 
 
 def welch_satterthwaite_dof(variances: torch.Tensor, dofs: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -204,19 +189,19 @@ def student_t_quantile(confidence: float, dof: torch.Tensor) -> torch.Tensor:
     if torch.isnan(dof).any() or (dof < 1).any():
         raise ValueError("degrees of freedom must be at least 1.")
     z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(confidence, dtype=torch.float64))  # P(|Z| < z) = c
-    expansion = _t_quantile_expansion(z, dof)
-    return torch.where(dof < _T_QUADRATURE_LIMIT, _t_quantile_by_quadrature(confidence, dof), expansion)
+    quadrature = _t_quantile_by_quadrature(confidence, dof)
+    return torch.where(dof < _T_QUADRATURE_LIMIT, quadrature, _t_quantile_expansion(z, dof))
 
 
 _T_QUADRATURE_LIMIT = 1e4
-_GAUSS_LEGENDRE = [torch.from_numpy(array) for array in np.polynomial.legendre.leggauss(96)]
+_LEGENDRE_NODES, _LEGENDRE_WEIGHTS = (torch.from_numpy(array) for array in np.polynomial.legendre.leggauss(96))
 
 
 def _t_quantile_by_quadrature(confidence: float, dof: torch.Tensor) -> torch.Tensor:
     """√ν tan θ with P(|T| < √ν tan θ) = confidence; ν clamped to the quadrature's range."""
     nu = dof.clamp(max=_T_QUADRATURE_LIMIT)[..., None]
     log_normalizer = math.log(2 / math.sqrt(math.pi)) + torch.lgamma((nu + 1) / 2) - torch.lgamma(nu / 2)
-    nodes, weights = ((_GAUSS_LEGENDRE[0] + 1) / 2, _GAUSS_LEGENDRE[1] / 2)  # on [0, 1]
+    nodes, weights = (_LEGENDRE_NODES + 1) / 2, _LEGENDRE_WEIGHTS / 2  # Gauss-Legendre rule on [0, 1]
 
     def central_probability(theta: torch.Tensor) -> torch.Tensor:
         log_cos = 0.5 * torch.log1p(-torch.sin(theta[..., None] * nodes).square())
