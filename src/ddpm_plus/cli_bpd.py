@@ -14,12 +14,14 @@ noise of the exact run with the same `--seed`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,22 +148,19 @@ def image_generators(seed: int, indices: range) -> list[torch.Generator]:
     ]
 
 
-def _image_batches(num_images: int, args: argparse.Namespace, evaluations_per_image: int) -> list[range]:
-    """Ranges of images processed together: about `batch_size` network inputs' worth, at least one image."""
+def _over_image_batches(
+    bound: Callable[..., Any], images: torch.Tensor, args: argparse.Namespace, evaluations_per_image: int, desc: str
+) -> list[Any]:
+    """`bound(batch, generator=..., ...)` on consecutive batches of about `batch_size` network inputs' worth of
+    images (at least one image), each image with its own generator (`image_generators`), under a progress bar."""
     per_batch = max(1, args.batch_size // evaluations_per_image)
-    return [range(start, min(start + per_batch, num_images)) for start in range(0, num_images, per_batch)]
-
-
-def _exact_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
-    num_steps = scheduler.config.num_train_timesteps
-    results = []
-    with tqdm(total=len(images), desc="bpd (exact)", unit="img") as bar:
-        for indices in _image_batches(len(images), args, num_steps):
-            results.append(
-                variational_bound(
-                    unet,
+    parts = []
+    with tqdm(total=len(images), desc=desc, unit="img") as bar:
+        for start in range(0, len(images), per_batch):
+            indices = range(start, min(start + per_batch, len(images)))
+            parts.append(
+                bound(
                     images[indices.start : indices.stop],
-                    scheduler,
                     generator=image_generators(args.seed, indices),
                     max_batch_size=args.batch_size,
                     clip_denoised=args.clip_denoised,
@@ -169,7 +168,13 @@ def _exact_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argpars
                 )
             )
             bar.update(len(indices))
-    result = BoundResult.concat(results)
+    return parts
+
+
+def _exact_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    num_steps = scheduler.config.num_train_timesteps
+    exact_bound = functools.partial(variational_bound, unet, scheduler=scheduler)
+    result = BoundResult.concat(_over_image_batches(exact_bound, images, args, num_steps, "bpd (exact)"))
     summary = {
         **_over_images(result.total_bpd),
         "num_evaluations": result.num_evaluations,
@@ -202,24 +207,15 @@ def _estimate_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argp
         progress=False,
     )
     num_strata = (args.num_timesteps - 1) // SAMPLES_PER_STRATUM
-    estimates = []
-    with tqdm(total=len(images), desc="bpd (estimate)", unit="img") as bar:
-        for indices in _image_batches(len(images), args, args.num_timesteps):
-            estimates.append(
-                estimate_bound(
-                    unet,
-                    images[indices.start : indices.stop],
-                    scheduler,
-                    num_strata=num_strata,
-                    samples_per_stratum=SAMPLES_PER_STRATUM,
-                    profile=profile,
-                    generator=image_generators(args.seed, indices),
-                    max_batch_size=args.batch_size,
-                    clip_denoised=args.clip_denoised,
-                    progress=False,
-                )
-            )
-            bar.update(len(indices))
+    estimated_bound = functools.partial(
+        estimate_bound,
+        unet,
+        scheduler=scheduler,
+        num_strata=num_strata,
+        samples_per_stratum=SAMPLES_PER_STRATUM,
+        profile=profile,
+    )
+    estimates = _over_image_batches(estimated_bound, images, args, args.num_timesteps, "bpd (estimate)")
     estimate = BoundEstimate.concat(estimates)
     low, high = estimate.interval(0.95)
     summary = {
