@@ -73,6 +73,15 @@ def test_digits_shapes_and_values(resolution: int) -> None:
     assert images.min() == -1.0 and images.max() == 1.0
 
 
+def test_embedded_digits_are_scikit_learns() -> None:
+    """The shipped file holds scikit-learn's `load_digits` images, in its order (scikit-learn is a test dependency)."""
+    from sklearn.datasets import load_digits
+
+    expected = np.rint(load_digits().images * 255 / 16).astype(np.uint8)
+    assert np.array_equal(digits_uint8("train", 8), expected[digits_split_indices("train")])
+    assert np.array_equal(digits_uint8("test", 8), expected[digits_split_indices("test")])
+
+
 def test_digits_uint8_values() -> None:
     train = digits_uint8("train", resolution=8)
     assert train.dtype == np.uint8 and train.shape == (1500, 8, 8)

@@ -16,6 +16,7 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 from pipeline_fixtures import SCHEDULER_CONFIG, generators, random_uint8_images, tiny_unet
 
+import ddpm_plus
 import ddpm_plus.hub as hub
 from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, source_file
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
@@ -97,8 +98,9 @@ def test_saved_directory_is_self_contained_safetensors_only(saved):
     for copy, kind in code_files:
         assert (directory / copy).read_bytes() == source_file(kind).read_bytes()
     assert (directory / "scheduler" / "scheduling_ddpm_plus.py").read_bytes() == source_file("scheduler").read_bytes()
-    assert source_file("pipeline") == REPO_ROOT / "src" / "ddpm_plus" / "pipeline_ddpm_plus.py"
-    assert source_file("likelihood") == REPO_ROOT / "src" / "ddpm_plus" / "likelihood.py"
+    package = Path(ddpm_plus.__file__).parent  # the installed package: a checkout's src/ or site-packages
+    assert source_file("pipeline") == package / "pipeline_ddpm_plus.py"
+    assert source_file("likelihood") == package / "likelihood.py"
     model_index = json.loads((directory / "model_index.json").read_text())
     assert model_index["_class_name"] == ["pipeline_ddpm_plus", "DDPMPlusPipeline"]
     assert model_index["scheduler"] == ["scheduling_ddpm_plus", "DDPMPlusScheduler"]
@@ -181,16 +183,33 @@ def test_ddpm_pipeline_with_our_scheduler_reloads_in_a_fresh_process(tmp_path):
 # Plain diffusers, ddpm_plus not importable: trust_remote_code and custom_pipeline
 # ------------------------------------------------------------------------------------------------------------------
 
+# Prepended to the fresh-process scripts: ddpm_plus cannot be imported there (as in an environment without it, however
+# it was installed), while the rest of the environment stays importable.
+_BLOCK_DDPM_PLUS = """
+import importlib.abc
+import sys
+
+
+class BlockDdpmPlus(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ddpm_plus":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, BlockDdpmPlus())
+try:
+    import ddpm_plus  # noqa: F401
+
+    hidden = False
+except ModuleNotFoundError:
+    hidden = True
+"""
+
 _PLAIN_DIFFUSERS_SCRIPT = """
-import importlib.util
 import json
 import os
 import sys
-
-# Hide ddpm_plus: drop the sys.path entries that hold the package and any editable-install finder.
-sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "ddpm_plus"))]
-sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in type(finder).__module__.lower()]
-hidden = importlib.util.find_spec("ddpm_plus") is None
 
 import numpy as np
 import torch
@@ -242,7 +261,7 @@ def plain_diffusers_run(saved, plain_ddpm_directory, tmp_path_factory) -> tuple[
     """Run the saved directory and the community pipeline in a fresh process that cannot import ddpm_plus."""
     out = tmp_path_factory.mktemp("plain_run")
     np.save(out / "pixels.npy", random_uint8_images(2))
-    script = _PLAIN_DIFFUSERS_SCRIPT.format(seeds=SEEDS, steps=STEPS)
+    script = _BLOCK_DDPM_PLUS + _PLAIN_DIFFUSERS_SCRIPT.format(seeds=SEEDS, steps=STEPS)
     community = REPO_ROOT / "pipelines" / "ddpm_plus"
     fresh_process(script, str(saved[0]), str(plain_ddpm_directory[0]), str(community), str(out), cwd=out)
     return out, json.loads((out / "report.json").read_text())
@@ -288,14 +307,10 @@ def test_community_pipeline_loads_a_plain_ddpm_directory(plain_ddpm_directory, p
 
 
 _POSTERIOR_COMMUNITY_SCRIPT = """
-import importlib.util
 import os
 import sys
 
-sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "ddpm_plus"))]
-sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in type(finder).__module__.lower()]
-assert importlib.util.find_spec("ddpm_plus") is None
-
+assert hidden
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
@@ -325,7 +340,7 @@ def test_posterior_community_pipeline_loads_with_an_empty_module_cache(plain_ddp
     np.save(tmp_path / "measurement.npy", measurement.numpy())
     np.save(tmp_path / "pixels.npy", random_uint8_images(1))
     community = REPO_ROOT / "pipelines" / "ddpm_plus_posterior"
-    script = _POSTERIOR_COMMUNITY_SCRIPT.format(steps=STEPS)
+    script = _BLOCK_DDPM_PLUS + _POSTERIOR_COMMUNITY_SCRIPT.format(steps=STEPS)
     result = fresh_process(script, str(directory), str(community), str(tmp_path), cwd=tmp_path)
     assert result.stdout.split() == ["DDPMPlusPosteriorPipeline"]
 
@@ -342,6 +357,142 @@ def test_posterior_community_pipeline_loads_with_an_empty_module_cache(plain_ddp
     assert np.array_equal(np.load(tmp_path / "posterior_images.npy"), images)
     bound = pipe.log_likelihood(random_uint8_images(1), generator=torch.Generator().manual_seed(0))
     assert np.array_equal(np.load(tmp_path / "posterior_bits_per_dim.npy"), bound.bits_per_dim.numpy())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The posterior pipeline saves and reloads as itself
+# ------------------------------------------------------------------------------------------------------------------
+
+POSTERIOR_SAVED_FILES = SAVED_FILES | {"pipeline_ddpm_plus_posterior.py"}
+
+
+def posterior_samples(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    measurement = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    return pipe(
+        measurement,
+        "super_resolution",
+        factor=2,
+        num_inference_steps=STEPS,
+        generator=generators(SEEDS),
+        output_type="np",
+    ).images
+
+
+@pytest.fixture(scope="module")
+def saved_posterior(tmp_path_factory):
+    from ddpm_plus.pipeline_ddpm_plus_posterior import DDPMPlusPosteriorPipeline
+
+    pipe = DDPMPlusPosteriorPipeline(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
+    directory = tmp_path_factory.mktemp("saved_posterior") / "pipeline"
+    pipe.save_pretrained(directory)
+    return directory, pipe
+
+
+def test_posterior_pipeline_saves_its_own_class_and_files(saved_posterior):
+    directory, pipe = saved_posterior
+    assert relative_files(directory) == POSTERIOR_SAVED_FILES
+    model_index = json.loads((directory / "model_index.json").read_text())
+    assert model_index["_class_name"] == ["pipeline_ddpm_plus_posterior", "DDPMPlusPosteriorPipeline"]
+    module_file = Path(sys.modules[type(pipe).__module__].__file__)
+    assert (directory / "pipeline_ddpm_plus_posterior.py").read_bytes() == module_file.read_bytes()
+    assert (directory / "pipeline_ddpm_plus.py").read_bytes() == source_file("pipeline").read_bytes()
+
+
+def test_posterior_pipeline_reloads_as_itself_with_ddpm_plus(saved_posterior):
+    directory, pipe = saved_posterior
+    loaded = type(pipe).from_pretrained(directory)
+    assert type(loaded) is type(pipe) and type(loaded.scheduler) is DDPMPlusScheduler
+    assert np.array_equal(posterior_samples(loaded), posterior_samples(pipe))
+
+
+_POSTERIOR_SAVED_SCRIPT = """
+import os
+import sys
+
+assert hidden
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+torch.set_num_threads(1)
+saved, out = sys.argv[1:3]
+pipe = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+print(type(pipe).__module__ + "." + type(pipe).__name__)
+measurement = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
+generator = [torch.Generator().manual_seed(seed) for seed in {seeds}]
+images = pipe(measurement, "super_resolution", factor=2, num_inference_steps={steps}, generator=generator,
+              output_type="np").images
+np.save(os.path.join(out, "images.npy"), images)
+pipe.save_pretrained(os.path.join(out, "resaved"))
+"""
+
+
+def test_posterior_pipeline_reloads_as_itself_with_plain_diffusers(saved_posterior, tmp_path):
+    directory, pipe = saved_posterior
+    script = _BLOCK_DDPM_PLUS + _POSTERIOR_SAVED_SCRIPT.format(seeds=SEEDS, steps=STEPS)
+    result = fresh_process(script, str(directory), str(tmp_path), cwd=tmp_path)
+    assert result.stdout.split() == ["diffusers_modules.local.pipeline_ddpm_plus_posterior.DDPMPlusPosteriorPipeline"]
+    assert np.array_equal(np.load(tmp_path / "images.npy"), posterior_samples(pipe))
+    resaved = tmp_path / "resaved"  # saved again without ddpm_plus: still the posterior pipeline, same code
+    assert relative_files(resaved) == POSTERIOR_SAVED_FILES
+    for name in ("pipeline_ddpm_plus_posterior.py", "pipeline_ddpm_plus.py", "likelihood.py"):
+        assert (resaved / name).read_bytes() == (directory / name).read_bytes()
+    assert json.loads((resaved / "model_index.json").read_text())["_class_name"][1] == "DDPMPlusPosteriorPipeline"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hub repositories: configurations and safetensors weights are downloaded, never code
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def fake_snapshot_download(repository: Path, calls: list[dict]):
+    """`snapshot_download` over a local directory standing in for a Hub repository: copies the allowed files."""
+    import fnmatch
+    import shutil
+
+    def snapshot_download(repo_id, allow_patterns=None, cache_dir=None, **options):
+        calls.append({"repo_id": repo_id, "allow_patterns": allow_patterns, "cache_dir": cache_dir, **options})
+        snapshot = Path(cache_dir) / repo_id.replace("/", "--")
+        for path in repository.rglob("*"):
+            relative = path.relative_to(repository).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in allow_patterns):
+                (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, snapshot / relative)
+        return str(snapshot)
+
+    return snapshot_download
+
+
+def test_hub_repository_loads_without_downloading_code(saved, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    directory, pipe = saved
+    calls: list[dict] = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download(directory, calls))
+    loaded = DDPMPlusPipeline.from_pretrained("user/ddpm-plus", cache_dir=str(tmp_path), revision="main")
+    assert [(call["repo_id"], call["revision"]) for call in calls] == [("user/ddpm-plus", "main")]
+    snapshot = tmp_path / "user--ddpm-plus"
+    assert not list(snapshot.rglob("*.py"))
+    assert relative_files(snapshot) == {name for name in SAVED_FILES if not name.endswith(".py")}
+    assert type(loaded) is DDPMPlusPipeline and type(loaded.scheduler) is DDPMPlusScheduler
+    assert np.array_equal(sample(loaded), sample(pipe))
+
+
+def test_no_private_diffusers_method_is_overridden():
+    """Our classes override only public methods of their diffusers bases (diffusers' internals change freely)."""
+    from diffusers import ConfigMixin
+
+    from ddpm_plus.pipeline_ddpm_plus_posterior import DDPMPlusPosteriorPipeline
+
+    for ours in (DDPMPlusScheduler, DDPMPlusPipeline, DDPMPlusPosteriorPipeline):
+        bases = [base for base in ours.__mro__ if base.__module__.startswith("diffusers.") or base is ConfigMixin]
+        for name in vars(ours):
+            if name.startswith("_") and not name.endswith("__"):
+                assert not any(name in vars(base) for base in bases), f"{ours.__name__}.{name} overrides diffusers"
+    for module in ("scheduling_ddpm_plus", "pipeline_ddpm_plus", "pipeline_ddpm_plus_posterior", "likelihood"):
+        assert "__wrapped__" not in (Path(ddpm_plus.__file__).parent / f"{module}.py").read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -377,7 +528,9 @@ def test_export_community_command_writes_the_files(tmp_path, capsys):
 
 
 def test_model_card_template_has_one_source():
-    assert hub.MODEL_CARD_TEMPLATE.resolve() == (REPO_ROOT / "model_cards" / "ddpm_plus_model_card.md").resolve()
+    """The package's template (a link to model_cards/ in a checkout, a copy in a wheel) is model_cards/'s file."""
+    template = hub.MODEL_CARD_TEMPLATE
+    assert template.read_bytes() == (REPO_ROOT / "model_cards" / "ddpm_plus_model_card.md").read_bytes()
 
 
 def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):

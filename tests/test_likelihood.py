@@ -1,4 +1,4 @@
-"""The likelihood engine against float64 references written here from MATH.md (not from the code under test)."""
+"""The likelihood engine against float64 references written here from docs/math.md (not from the code under test)."""
 
 import json
 import math
@@ -34,7 +34,7 @@ LN2 = math.log(2.0)
 
 
 class Chain:
-    """The forward process and posterior of MATH.md for a linear schedule, in numpy float64."""
+    """The forward process and posterior of docs/math.md for a linear schedule, in numpy float64."""
 
     def __init__(self, num_steps: int):
         self.betas = np.linspace(1e-4, 0.02, num_steps)

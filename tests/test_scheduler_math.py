@@ -1,4 +1,4 @@
-"""The DDPM math of DDPMPlusScheduler against independent float64 references written here from MATH.md."""
+"""The DDPM math of DDPMPlusScheduler against independent float64 references written here from docs/math.md."""
 
 import math
 
@@ -18,7 +18,7 @@ LN2 = math.log(2.0)
 
 
 class Reference:
-    """The forward process and posterior of MATH.md in numpy float64 (0-based t; ᾱ_{-1} = 1)."""
+    """The forward process and posterior of docs/math.md in numpy float64 (0-based t; ᾱ_{-1} = 1)."""
 
     def __init__(self, betas: np.ndarray):
         self.betas = betas
@@ -131,7 +131,7 @@ def test_float64_tables(ref):
 def test_float64_schedules(schedule):
     T_ = 1000
     if schedule == "squaredcos_cap_v2":
-        f = lambda s: np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731  (MATH.md cosine schedule)
+        f = lambda s: np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731  (docs/math.md, "Beta schedules")
         steps = np.arange(T_ + 1) / T_
         expected = np.minimum(1 - f(steps[1:]) / f(steps[:-1]), 0.999)
     elif schedule == "scaled_linear":

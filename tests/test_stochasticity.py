@@ -1,4 +1,4 @@
-"""Stochasticity-controlled sampling (the reverse SDE with a free noise level c = η b, MATH.md "The SDE view")."""
+"""Stochasticity-controlled sampling (the reverse SDE with a free noise level c = η b, docs/math.md, "The SDE view")."""
 
 import inspect
 import math

@@ -4,9 +4,9 @@
 
     accelerate launch train_scripts/train.py --output_dir runs/digits
 
-With no data argument it trains the ~1M-parameter `digits-16` UNet on the embedded digits (scikit-learn's
-handwritten digits at 16x16, fixed held-out split) and writes a `DDPMPlusPipeline` with the EMA weights, its model
-card, a sample grid `samples.png` and the held-out bits/dim `bpd.json` to `--output_dir`.
+With no data argument it trains the ~1M-parameter `digits-16` UNet on the embedded digits (the UCI handwritten
+digits shipped in the package, at 16x16, fixed held-out split) and writes a `DDPMPlusPipeline` with the EMA weights,
+its model card, a sample grid `samples.png` and the held-out bits/dim `bpd.json` to `--output_dir`.
 
 Several processes: `accelerate launch --multi_gpu --num_processes N train_scripts/train.py ...` (DDP; on a machine
 without GPUs the processes form a gloo group on the CPUs). Checkpoints (`--checkpointing_steps`) are written
@@ -866,7 +866,7 @@ def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str,
         "bits_per_dim": None if bpd is None else bpd["bits_per_dim"],
         "bits_per_dim_standard_error": None if bpd is None else bpd["standard_error"],
         "training_args": public_settings(trainer.args),
-        "dataset_name": data_source(trainer.args) or f"scikit-learn digits ({resolution}x{resolution})",
+        "dataset_name": data_source(trainer.args) or f"UCI handwritten digits ({resolution}x{resolution})",
         "sample_grid": results["grid"],
     }
 

@@ -13,6 +13,7 @@ Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Mod
 import importlib
 import inspect
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +44,17 @@ PIPELINE_FILE = "pipeline_ddpm_plus.py"
 SCHEDULER_FILE = "scheduling_ddpm_plus.py"
 LIKELIHOOD_FILE = "likelihood.py"
 CODE_FILES = {"pipeline": PIPELINE_FILE, "scheduler": SCHEDULER_FILE, "likelihood": LIKELIHOOD_FILE}
-PIPELINE_ENTRY = [Path(PIPELINE_FILE).stem, "DDPMPlusPipeline"]
 SCHEDULER_ENTRY = [Path(SCHEDULER_FILE).stem, "DDPMPlusScheduler"]
+# The pipeline classes whose saved directories name shipped code in `model_index.json` (see `load_config`).
+SAVED_PIPELINE_CLASSES = ("DDPMPlusPipeline", "DDPMPlusPosteriorPipeline")
+# What `from_pretrained` fetches from a Hub repository: configurations and safetensors weights, never code.
+HUB_ALLOW_PATTERNS = [
+    "model_index.json",
+    "*/config.json",
+    "*/scheduler_config.json",
+    "*/*.safetensors",
+    "*/*.safetensors.index.json",
+]
 
 
 @dataclass
@@ -97,6 +107,8 @@ class DDPMPlusPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    # The name this class's file has in saved directories; a subclass shipped in its own file sets its own.
+    _code_file = PIPELINE_FILE
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMPlusScheduler):
         super().__init__()
@@ -319,36 +331,63 @@ class DDPMPlusPipeline(DiffusionPipeline):
             repo_id = kwargs.pop("repo_id", Path(save_directory).absolute().name)
             _package_hub_module().push_saved_pipeline(save_directory, repo_id, **kwargs)
 
+    @classmethod
+    def shipped_code_files(cls) -> dict[str, Path]:
+        """The code files that a saved directory of this class carries: file name -> the running source file.
+
+        The pipeline file of this class and of each pipeline class it derives from, the scheduler and the
+        likelihood engine, read from where the running modules were imported.
+        """
+        own_files = [klass for klass in cls.__mro__ if "_code_file" in vars(klass)]
+        pipelines = {vars(klass)["_code_file"]: Path(inspect.getfile(klass)) for klass in own_files}
+        return {**pipelines, SCHEDULER_FILE: source_file("scheduler"), LIKELIHOOD_FILE: source_file("likelihood")}
+
     def _write_custom_code(self, directory: Path) -> None:
         """Copy the pipeline, scheduler and likelihood code into `directory`; point `model_index.json` at them."""
-        for kind, name in CODE_FILES.items():
-            shutil.copyfile(source_file(kind), directory / name)
+        for name, source in self.shipped_code_files().items():
+            shutil.copyfile(source, directory / name)
         index_path = directory / self.config_name
         model_index = json.loads(index_path.read_text(encoding="utf-8"))
         model_index.pop("_name_or_path", None)  # where it was loaded from: a local path has no meaning elsewhere
-        model_index["_class_name"] = PIPELINE_ENTRY
+        model_index["_class_name"] = [Path(self._code_file).stem, type(self).__name__]
         if type(self.scheduler).__name__ == SCHEDULER_ENTRY[1]:
             shutil.copyfile(source_file("scheduler"), directory / "scheduler" / SCHEDULER_FILE)
             model_index["scheduler"] = SCHEDULER_ENTRY
         index_path.write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
-    def _dict_from_json_file(cls, json_file: str | Path) -> dict[str, Any]:
-        """Read `model_index.json`, resolving the custom-code entries of saved directories to this class.
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DDPMPlusPipeline":
+        """Load a saved directory or Hub repository (diffusers' `from_pretrained`), running none of its code.
 
-        `DiffusionPipeline.from_pretrained` and `download` read `model_index.json` through this hook. A directory
-        written by `save_pretrained` names the shipped code files, which diffusers would only run with
-        `trust_remote_code=True`; when this class loads it, the pipeline is this class and the scheduler is read as a
-        `DDPMScheduler` configuration (the same 15 keys), which `__init__` converts to `DDPMPlusScheduler`. No code
-        from the directory runs.
+        A directory written by `save_pretrained` loads as this class, with its scheduler converted to
+        `DDPMPlusScheduler` (see `load_config`); plain `DDPMPipeline` directories load as well. A Hub repository id is
+        first downloaded with `huggingface_hub.snapshot_download`, fetching only configurations and safetensors
+        weights (`HUB_ALLOW_PATTERNS`), never code; `cache_dir`, `revision`, `token`, `local_files_only` and
+        `force_download` in `kwargs` apply to that download. The remaining `kwargs` are diffusers' (`torch_dtype`,
+        `variant`, components to use instead of the saved ones, ...).
         """
-        config = super()._dict_from_json_file(json_file)
-        if config.get("_class_name") == PIPELINE_ENTRY:
+        if not os.path.isdir(pretrained_model_name_or_path):
+            pretrained_model_name_or_path = _download_without_code(str(pretrained_model_name_or_path), kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """diffusers' `load_config`, with the code entries of saved directories resolved to this class.
+
+        A directory written by `save_pretrained` names its shipped code files in `model_index.json`, which diffusers
+        would import (with `trust_remote_code=True`). Loaded with this class, the pipeline is this class and the
+        scheduler is read as a `DDPMScheduler` configuration (the same keys), which `__init__` converts to
+        `DDPMPlusScheduler`. No code from the directory runs.
+        """
+        loaded = super().load_config(pretrained_model_name_or_path, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        class_entry = config.get("_class_name")
+        if isinstance(class_entry, list) and class_entry[-1] in SAVED_PIPELINE_CLASSES:
             config["_class_name"] = cls.__name__
         for name, entry in config.items():
             if entry == SCHEDULER_ENTRY:
                 config[name] = ["diffusers", "DDPMScheduler"]
-        return config
+        return loaded
 
     def push_to_hub(
         self,
@@ -406,6 +445,18 @@ def _uint8_arrays_to_tensor(images: np.ndarray | Sequence[Any] | Any) -> torch.T
     if pixels.ndim != 4:
         raise ValueError(f"Image arrays must have shape (B, H, W, C) or (B, H, W), got {pixels.shape}.")
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
+
+
+def _download_without_code(repo_id: str, options: dict[str, Any]) -> str:
+    """The local snapshot of a Hub repository's configurations and safetensors weights (no code files)."""
+    from huggingface_hub import snapshot_download
+
+    download_options = ("cache_dir", "revision", "token", "local_files_only", "force_download")
+    return snapshot_download(
+        repo_id,
+        allow_patterns=HUB_ALLOW_PATTERNS,
+        **{name: options[name] for name in download_options if options.get(name) is not None},
+    )
 
 
 def _package_hub_module() -> Any:

@@ -269,10 +269,9 @@ class DDPMPlusScheduler(DDPMScheduler):
             check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        # The float32 sampling tables are built by DDPMScheduler itself (its undecorated __init__), so they are
-        # identical to diffusers' by construction.
-        DDPMScheduler.__init__.__wrapped__(
-            self,
+        # The float32 sampling tables are built by DDPMScheduler itself, so they are identical to diffusers' by
+        # construction (it registers the same configuration again).
+        super().__init__(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
             beta_end=beta_end,
@@ -332,7 +331,7 @@ class DDPMPlusScheduler(DDPMScheduler):
             generator: a generator or a list of generators (one per batch element) for the noise.
             return_dict: return a `DDPMPlusSchedulerOutput` instead of a tuple.
             stochasticity: the free noise level η ∈ [0, 1] of the reverse SDE
-                dx = [a x + ((b² + c²)/2) ∇log p_t] dt + c dW with c = η b (MATH.md, "The SDE view"), discretized
+                dx = [a x + ((b² + c²)/2) ∇log p_t] dt + c dW with c = η b (docs/math.md, "The SDE view"), discretized
                 as x_{t-1} = √ᾱ_{t-1} x̂_0 + √(1 - ᾱ_{t-1} - η²σ_t²) ε̂ + η σ_t z (Song et al. 2021, eq. 12), where
                 σ_t is the configured step noise. η = 1 with `fixed_small` is ancestral DDPM sampling, η = 0 the
                 deterministic probability-flow / DDIM limit (no noise is drawn). `None` (default) keeps diffusers'

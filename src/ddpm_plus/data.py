@@ -4,9 +4,9 @@ One entry point, :func:`load_image_dataset`, reads three kinds of source and ret
 ``torch.utils.data.Dataset`` whose items are float32 tensors ``(C, H, W)`` in ``[-1, 1]``, exactly on the
 8-bit grid ``k / 127.5 - 1`` (``k = 0 .. 255``), as the discrete likelihood (bits/dim) needs:
 
-* ``None`` or ``"digits"``: the embedded default, scikit-learn's bundled handwritten digits (1,797 grey 8x8
-  images, no download), upscaled with PIL's bicubic filter. A fixed split that never changes between runs,
-  machines or library versions: 1,500 ``"train"`` and 297 ``"test"`` images.
+* ``None`` or ``"digits"``: the embedded default, the UCI handwritten digits shipped in the package (1,797 grey
+  8x8 images, no download; ``assets/DIGITS_LICENSE.md``), upscaled with PIL's bicubic filter. A fixed split that
+  never changes between runs, machines or library versions: 1,500 ``"train"`` and 297 ``"test"`` images.
 * an existing directory: an image folder, searched recursively (see :data:`IMAGE_EXTENSIONS`).
 * anything else: a 🤗 datasets source, either a directory written by ``save_to_disk`` or a name/path for
   ``datasets.load_dataset`` (offline from the local cache with ``HF_DATASETS_OFFLINE=1``).
@@ -37,13 +37,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ddpm_plus.extras import import_extra
+
 if TYPE_CHECKING:
     import datasets
 
 logger = logging.getLogger(__name__)
 
 DIGITS_SPLIT_SIZES = {"train": 1500, "test": 297}
-"""Sizes of the fixed split of scikit-learn's 1,797 digits."""
+"""Sizes of the fixed split of the 1,797 embedded digits."""
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -235,12 +237,15 @@ def _held_out_indices(keys: Sequence[str], split: str, held_out_fraction: float,
 # --------------------------------------------------------------------------------------------- digits
 
 
+DIGITS_FILE = Path(__file__).parent / "assets" / "digits.npz"  # its source and license: assets/DIGITS_LICENSE.md
+
+
 @lru_cache(maxsize=4)
 def _digits_uint8(resolution: int) -> np.ndarray:
     """All 1,797 digits as a read-only uint8 array ``(N, resolution, resolution)``, computed once per size."""
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
-
-    images = np.rint(load_digits().images * 255 / 16).astype(np.uint8)
+    with np.load(DIGITS_FILE) as archive:
+        levels = archive["images"]  # integers 0..16 (the order of scikit-learn's `load_digits`)
+    images = np.rint(levels.astype(np.float64) * 255 / 16).astype(np.uint8)
     if resolution != images.shape[-1]:
         images = np.stack(
             [
@@ -253,7 +258,7 @@ def _digits_uint8(resolution: int) -> np.ndarray:
 
 
 def digits_split_indices(split: str) -> list[int]:
-    """Sorted indices (in ``sklearn.datasets.load_digits`` order) of the fixed ``"train"`` or ``"test"`` digits."""
+    """Sorted indices (in the embedded file's order) of the fixed ``"train"`` or ``"test"`` digits."""
     keys = [str(index) for index in range(sum(DIGITS_SPLIT_SIZES.values()))]
     return _split_indices(keys, DIGITS_SPLIT_SIZES["test"], split)
 
@@ -261,7 +266,7 @@ def digits_split_indices(split: str) -> list[int]:
 def digits_uint8(split: str = "train", resolution: int = 16) -> np.ndarray:
     """The fixed ``"train"`` (1,500) or ``"test"`` (297) digits as uint8 ``(N, resolution, resolution)``.
 
-    Pixel values are ``round(v * 255 / 16)`` of scikit-learn's 0..16 values, resized with PIL's bicubic filter.
+    Pixel values are ``round(v * 255 / 16)`` of the digits' 0..16 values, resized with PIL's bicubic filter.
     """
     _check_image_shape(resolution, 1)
     return _digits_uint8(resolution)[digits_split_indices(split)]
@@ -427,7 +432,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 def _load_hf_dataset(source: str, split: str, held_out_fraction: float, cache_dir: str | None) -> datasets.Dataset:
     """One split of a saved dataset (``load_from_disk``) or of ``datasets.load_dataset(source)``."""
-    import datasets
+    datasets = import_extra("datasets", "train")
 
     if not _is_saved_dataset(Path(source)):
         _reject_held_out_fraction(held_out_fraction, f"{source} (use its split names, e.g. 'train[:90%]')")

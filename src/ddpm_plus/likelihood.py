@@ -36,7 +36,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Self
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -70,11 +70,14 @@ class BoundTerms:
     eps_mse: torch.Tensor
 
 
+_Results = TypeVar("_Results", bound="_PerImageResults")
+
+
 class _PerImageResults:
     """Dataclass base: per-image tensor fields (batch first) and a `num_evaluations` count, joined over batches."""
 
     @classmethod
-    def concat(cls, parts: Sequence[Self]) -> Self:
+    def concat(cls: type[_Results], parts: Sequence[_Results]) -> _Results:
         """Join the results of several batches of images into one."""
         per_image = {
             field.name: torch.cat([getattr(part, field.name) for part in parts])

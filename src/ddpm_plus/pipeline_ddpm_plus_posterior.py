@@ -2,7 +2,7 @@
 """DDPMPlusPosteriorPipeline: training-free conditional generation with an unconditional DDPM.
 
 Given a measurement y = A x_0 + n, n ~ N(0, λ² I), it samples p(x_0 | y) by adding the gradient of the
-time-averaged likelihood to the model's score (MATH.md, "Training-free conditional generation"):
+time-averaged likelihood to the model's score (docs/math.md, "Training-free conditional generation"):
 
     l(y | x_t) = ∫ p(y | x_0) p(x_0 | x_t) dx_0 ≈ N(y; A x̂_0(x_t), λ² I + A Var[x_0 | x_t] Aᵀ),
 
@@ -117,6 +117,8 @@ class DDPMPlusPosteriorPipeline(pipeline_ddpm_plus.DDPMPlusPipeline):
             forward returns an object with `.sample`); learned-variance models are supported.
         scheduler: a `DDPMPlusScheduler` (any prediction type).
     """
+
+    _code_file = "pipeline_ddpm_plus_posterior.py"
 
     @torch.no_grad()
     def __call__(

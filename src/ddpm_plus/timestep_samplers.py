@@ -1,7 +1,7 @@
 """Timestep samplers for training: uniform, and importance sampling by the loss' second moment.
 
-Sampling t ~ U{0..T-1} and scaling one term by T is the Monte-Carlo estimate of the sum over t (MATH.md,
-"Simplified objective"). Importance sampling keeps that estimate unbiased while lowering its variance: t is drawn
+Sampling t ~ U{0..T-1} and scaling one term by T is the Monte-Carlo estimate of the sum over t (docs/math.md,
+"Estimating the bound"). Importance sampling keeps that estimate unbiased while lowering its variance: t is drawn
 with probability p_t ∝ √E[L_t²] and the loss is weighted by 1 / (T p_t) (Nichol & Dhariwal 2021, section 3.3).
 Samplers hold their state in `state_dict()` / `load_state_dict()` so training can be resumed exactly.
 """

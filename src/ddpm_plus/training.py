@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ddpm_plus.extras import import_extra
 from ddpm_plus.timestep_samplers import LossSecondMomentResampler, UniformSampler
 
 if TYPE_CHECKING:
@@ -98,19 +99,20 @@ def create_accelerator(
         report_to: an accelerate tracker name ("tensorboard", ...) or None.
         cpu: force CPU (True) or not (False); by default, CPU exactly when CUDA is unavailable.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    accelerate = import_extra("accelerate", "train")
 
     use_cpu = not torch.cuda.is_available() if cpu is None else cpu
     if mixed_precision == "fp16" and use_cpu:
         raise ValueError("--mixed_precision fp16 needs a GPU; use bf16 or no on CPUs.")
     project_dir = Path(project_dir)
-    accelerator = Accelerator(
+    accelerator = accelerate.Accelerator(
         cpu=use_cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=str(project_dir), logging_dir=str(project_dir / "logs")),
+        project_config=accelerate.utils.ProjectConfiguration(
+            project_dir=str(project_dir), logging_dir=str(project_dir / "logs")
+        ),
     )
     check_world_size(accelerator.num_processes)
     return accelerator
