@@ -57,8 +57,18 @@ def oldest_python() -> str:
     return pyproject()["project"]["requires-python"].removeprefix(">=")
 
 
+# Prints where ddpm_plus was imported from and the versions that the README's matrix lists.
+REPORT_VERSIONS = """
+import importlib.metadata, importlib.util, platform, ddpm_plus
+names = ["torch", "diffusers", "huggingface_hub", "accelerate", "transformers", "numpy"]
+versions = [f"{name} {importlib.metadata.version(name)}" for name in names if importlib.util.find_spec(name)]
+print(ddpm_plus.__file__)
+print("Python", platform.python_version(), *versions)
+"""
+
+
 def run_suite(session: nox.Session, *args: str) -> None:
-    session.run("python", "-c", "import ddpm_plus, diffusers, torch; print(ddpm_plus.__file__, diffusers.__version__)")
+    session.run("python", "-c", REPORT_VERSIONS)
     session.run("python", "-m", "pytest", "-q", *args, *session.posargs)
 
 

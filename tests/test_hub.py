@@ -45,10 +45,16 @@ SAVED_FILES = {
 FAKE_TOKEN = "hf_" + "FakeTokenThatMustNeverBeWritten0123"
 
 
-def custom_pipeline() -> DDPMPlusPipeline:
-    pipe = DDPMPlusPipeline(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
+def custom_pipeline(pipeline_class: type[DDPMPlusPipeline] = DDPMPlusPipeline) -> DDPMPlusPipeline:
+    pipe = pipeline_class(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def saved_pipeline(pipe: DDPMPlusPipeline, tmp_path_factory) -> tuple[Path, DDPMPlusPipeline]:
+    directory = tmp_path_factory.mktemp("saved") / "pipeline"
+    pipe.save_pretrained(directory)
+    return directory, pipe
 
 
 def sample(pipe) -> np.ndarray:
@@ -81,10 +87,7 @@ def fresh_process(script: str, *args: str, cwd: Path) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[Path, DDPMPlusPipeline]:
-    pipe = custom_pipeline()
-    directory = tmp_path_factory.mktemp("saved") / "pipeline"
-    pipe.save_pretrained(directory)
-    return directory, pipe
+    return saved_pipeline(custom_pipeline(), tmp_path_factory)
 
 
 def test_saved_directory_is_self_contained_safetensors_only(saved):
@@ -383,10 +386,7 @@ def posterior_samples(pipe) -> np.ndarray:
 def saved_posterior(tmp_path_factory):
     from ddpm_plus.pipeline_ddpm_plus_posterior import DDPMPlusPosteriorPipeline
 
-    pipe = DDPMPlusPosteriorPipeline(unet=tiny_unet(learn_sigma=True), scheduler=DDPMPlusScheduler(**CUSTOM_CONFIG))
-    directory = tmp_path_factory.mktemp("saved_posterior") / "pipeline"
-    pipe.save_pretrained(directory)
-    return directory, pipe
+    return saved_pipeline(custom_pipeline(DDPMPlusPosteriorPipeline), tmp_path_factory)
 
 
 def test_posterior_pipeline_saves_its_own_class_and_files(saved_posterior):

@@ -2,6 +2,7 @@
 
 import inspect
 import itertools
+import json
 import logging
 
 import numpy as np
@@ -312,3 +313,37 @@ def test_from_config_round_trips_without_unexpected_keys(diffusers_warnings):
     # the capture sees such warnings when they happen
     DDPMPlusScheduler.from_config({**ours.config, "surely_not_a_key": 1})
     assert any("surely_not_a_key" in m for m in diffusers_warnings)
+
+
+DDPM_SCHEDULER_CONFIGS = (
+    [{"beta_schedule": schedule} for schedule in ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")]
+    + [
+        {"variance_type": variance, "prediction_type": prediction, "timestep_spacing": spacing}
+        for variance, prediction, spacing in [
+            ("fixed_small", "epsilon", "leading"),
+            ("fixed_small_log", "sample", "trailing"),
+            ("fixed_large", "v_prediction", "linspace"),
+            ("fixed_large_log", "epsilon", "leading"),
+            ("learned", "epsilon", "trailing"),
+            ("learned_range", "v_prediction", "leading"),
+        ]
+    ]
+    + [
+        {"trained_betas": np.linspace(1e-4, 0.02, 50).tolist(), "num_train_timesteps": 50, "clip_sample": False},
+        {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0, "steps_offset": 1},
+        {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    ]
+)
+
+
+@pytest.mark.parametrize("config", DDPM_SCHEDULER_CONFIGS)
+def test_every_ddpm_scheduler_config_loads(config, tmp_path):
+    """What DDPMScheduler accepts, DDPMPlusScheduler loads through from_config and from_pretrained (same tables)."""
+    theirs = DDPMScheduler(**config)
+    theirs.save_pretrained(tmp_path)
+    public = {key: value for key, value in theirs.config.items() if not key.startswith("_")}
+    for ours in (DDPMPlusScheduler.from_config(theirs.config), DDPMPlusScheduler.from_pretrained(tmp_path)):
+        loaded = {key: value for key, value in ours.config.items() if not key.startswith("_")}
+        assert json.loads(json.dumps(loaded)) == json.loads(json.dumps(public))
+        for name in ("betas", "alphas_cumprod"):
+            assert_bitwise_equal(getattr(ours, name), getattr(theirs, name))

@@ -29,7 +29,6 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from ddpm_plus import pipeline_ddpm_plus_posterior
-from ddpm_plus.extras import import_extra
 from ddpm_plus.pipeline_ddpm_plus import CODE_FILES, PIPELINE_FILE, source_file
 
 if TYPE_CHECKING:
@@ -79,7 +78,6 @@ def write_model_card(
         sample_grid: a PIL image or an image file of samples, stored as `sample_grid.png`.
         license: the license identifier for the metadata.
     """
-    import_extra("jinja2", "hub")  # huggingface_hub renders card templates with jinja2
     directory = Path(directory)
     repo_id = repo_id or directory.absolute().name
     if sample_grid is not None:
