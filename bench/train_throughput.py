@@ -80,16 +80,17 @@ def random_8bit_batches(config: dict, batch_size: int, count: int, device: torch
 
 
 def build_ours(
-    accelerator: Accelerator, config: dict, num_steps: int, compile: bool = False
+    accelerator: Accelerator, config: dict, num_steps: int, compile_backend: str | None = None
 ) -> Callable[[torch.Tensor], None]:
-    """The training script's step (channels_last, as its defaults), optionally with the model compiled."""
+    """The training script's step (channels_last, as its defaults), with the model compiled by `torch.compile`
+    with `compile_backend` unless it is None ("inductor" is torch.compile's default)."""
     torch.manual_seed(0)
     unet = UNet2DModel.from_config(config).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(list(unet.parameters()), learning_rate=LEARNING_RATE, device=accelerator.device)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=10, num_training_steps=10_000)
     model, optimizer = accelerator.prepare(unet, optimizer)
-    if compile:
-        model = torch.compile(model)
+    if compile_backend is not None:
+        model = torch.compile(model, backend=compile_backend)
     objective = DiffusionObjective(
         DDPMPlusScheduler(num_train_timesteps=num_steps), UniformSampler(num_steps), channels_last=True
     )
@@ -150,14 +151,19 @@ def time_steps(step: Callable[[torch.Tensor], None], batches: list[torch.Tensor]
 
 
 def measure(
-    loops: dict[str, tuple[Callable[[torch.Tensor], None], int]], batches: list[torch.Tensor], args, device
+    loops: dict[str, tuple[Callable[[torch.Tensor], None], int]],
+    batches: list[torch.Tensor],
+    device: torch.device,
+    *,
+    warmup_steps: int,
+    rounds: int,
 ) -> dict[str, float]:
     """Median seconds per step of each loop (run with its thread count), alternating loops in rounds."""
     for step, threads in loops.values():
         torch.set_num_threads(threads)
-        time_steps(step, batches[: args.warmup_steps], device)
+        time_steps(step, batches[:warmup_steps], device)
     per_round: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, (step, threads) in loops.items():
             torch.set_num_threads(threads)
             per_round[name].append(time_steps(step, batches, device))
@@ -180,8 +186,9 @@ def main() -> None:
     if args.launch_threads_baseline:
         loops["diffusers, 1 thread"] = (loops["diffusers"][0], 1)
     if args.compile:
-        loops["ours, compiled"] = (build_ours(accelerator, config, args.num_train_timesteps, compile=True), threads)
-    seconds = measure(loops, batches, args, accelerator.device)
+        compiled = build_ours(accelerator, config, args.num_train_timesteps, compile_backend="inductor")
+        loops["ours, compiled"] = (compiled, threads)
+    seconds = measure(loops, batches, accelerator.device, warmup_steps=args.warmup_steps, rounds=args.rounds)
 
     parameters = sum(p.numel() for p in UNet2DModel.from_config(config).parameters())
     print(

@@ -224,6 +224,12 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
         "--allow_tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmuls on CUDA."
     )
     group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="torch.use_deterministic_algorithms (warn-only: an op without a deterministic implementation warns) "
+        "and a fixed cuBLAS workspace, so that a GPU run can repeat bitwise; slower.",
+    )
+    group.add_argument(
         "--num_threads",
         type=int,
         default=None,
@@ -716,12 +722,15 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, accelerator: Accele
 
 
 def configure_backends(args: argparse.Namespace) -> int:
-    """Torch threads and, on CUDA, TF32; returns the thread count."""
+    """Torch threads, TF32 on CUDA and deterministic algorithms; returns the thread count."""
     threads = torch_threads_per_process(args.num_threads)
     torch.set_num_threads(threads)
     if torch.cuda.is_available() and args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when the first cuBLAS handle is made
+        torch.use_deterministic_algorithms(True, warn_only=True)
     return threads
 
 
