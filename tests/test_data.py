@@ -1,6 +1,8 @@
 """Tests of ddpm_plus.data: digits, image folders, 🤗 datasets, transforms and grids (all offline)."""
 
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import datasets
@@ -12,11 +14,13 @@ from PIL import Image
 from ddpm_plus.data import (
     DIGITS_SPLIT_SIZES,
     ImageTransform,
+    UnsupportedImageError,
     digits_split_indices,
     digits_uint8,
     from_uint8,
     load_image_dataset,
     make_grid,
+    to_8bit_image,
     to_uint8,
 )
 
@@ -212,6 +216,137 @@ def test_image_folder_held_out_split(tmp_path: Path) -> None:
         load_image_dataset(tmp_path, split="test")
 
 
+# ------------------------------------------------------------------------------------------------ image modes
+
+
+def png_16bit_rgb(pixels: np.ndarray) -> bytes:
+    """A PNG with 16 bits per RGB channel (PIL cannot write one; it reads it as "RGB", keeping the high byte)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def write_high_depth_images(directory: Path) -> dict[str, str]:
+    """16-bit, 32-bit and float images, as the loader once flattened them (to white or black); file -> mode."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 65536, (8, 8), dtype=np.uint16)).save(directory / "grey16.png")
+    Image.fromarray(rng.random((8, 8), dtype=np.float32)).save(directory / "float.tif")
+    Image.fromarray(rng.integers(0, 2**20, (8, 8), dtype=np.int32)).save(directory / "int32.tif")
+    (directory / "rgb16.png").write_bytes(png_16bit_rgb(rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16)))
+    return {"grey16.png": "'I;16'", "float.tif": "'F'", "int32.tif": "'I'", "rgb16.png": "RGB;16B"}
+
+
+def test_high_depth_images_are_refused_naming_file_and_mode(tmp_path: Path) -> None:
+    expected = write_high_depth_images(tmp_path / "deep")
+    with pytest.raises(UnsupportedImageError) as error:
+        load_image_dataset(tmp_path / "deep", resolution=8)
+    message = str(error.value)
+    assert "\n" not in message and "convert it to 8 bits" in message
+    for name, mode in expected.items():
+        assert f"{name}: " in message and mode in message
+    for name in expected:  # one at a time, through the transform of an opened file too
+        with Image.open(tmp_path / "deep" / name) as image, pytest.raises(UnsupportedImageError):
+            ImageTransform(resolution=8, num_channels=1)(image)
+
+
+def test_unsupported_images_are_an_error_while_corrupt_ones_are_skipped(tmp_path: Path) -> None:
+    write_image(tmp_path / "good.png", (8, 8), seed=0)
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    Image.fromarray(np.full((8, 8), 300, dtype=np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(UnsupportedImageError, match=r"1 image file\(s\).*deep\.png: mode 'I;16'") as error:
+        load_image_dataset(tmp_path, resolution=8)
+    assert "broken.png" not in str(error.value)
+
+
+def opaque_and_transparent(mode: str) -> tuple[Image.Image, Image.Image]:
+    """An image of `mode` with alpha 255 everywhere, and the same with one half-transparent pixel."""
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    alpha = np.full((8, 8, 1), 255, dtype=np.uint8)
+    opaque = Image.fromarray(np.concatenate([colour, alpha], axis=-1), "RGBA")
+    alpha[2, 5] = 128
+    transparent = Image.fromarray(np.concatenate([colour, alpha], axis=-1), "RGBA")
+    if mode == "LA":
+        return opaque.convert("LA"), transparent.convert("LA")
+    if mode == "PA":
+        return opaque.convert("PA"), transparent.convert("PA")
+    return opaque, transparent
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_alpha_is_dropped_when_opaque_and_transparent_images_are_refused(mode: str, tmp_path: Path) -> None:
+    opaque, transparent = opaque_and_transparent(mode)
+    expected = opaque.convert("RGB") if mode != "LA" else opaque.convert("L").convert("RGB")
+    assert np.array_equal(np.asarray(to_8bit_image(opaque, 3)), np.asarray(expected))
+    with pytest.raises(UnsupportedImageError, match="alpha down to 128"):
+        to_8bit_image(transparent, 3)
+    savable = "RGBA" if mode == "PA" else mode  # PNG has no PA mode
+    transparent.convert(savable).save(tmp_path / "see-through.png")
+    opaque.convert(savable).save(tmp_path / "solid.png")
+    with pytest.raises(UnsupportedImageError, match="see-through.png: it has transparent pixels") as error:
+        load_image_dataset(tmp_path, resolution=8)
+    assert "solid.png" not in str(error.value)
+
+
+def test_transparency_entries_of_palette_and_grey_images(tmp_path: Path) -> None:
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
+    palette.putpixel((1, 1), 1)
+    palette.save(tmp_path / "unused_index.png", transparency=2)  # no pixel uses the transparent index
+    grey = Image.new("L", (8, 8), 7)
+    grey.putpixel((0, 0), 9)
+    grey.save(tmp_path / "grey_trns.png", transparency=7)
+    with Image.open(tmp_path / "unused_index.png") as image:
+        assert np.array_equal(np.asarray(to_8bit_image(image, 3)), np.asarray(palette.convert("RGB")))
+    with Image.open(tmp_path / "grey_trns.png") as image, pytest.raises(UnsupportedImageError, match="transparent"):
+        to_8bit_image(image, 1)
+    palette.save(tmp_path / "used_index.png", transparency=0)
+    with Image.open(tmp_path / "used_index.png") as image, pytest.raises(UnsupportedImageError, match="transparent"):
+        to_8bit_image(image, 3)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBX", "YCbCr", "CMYK"])
+def test_8bit_modes_convert_exactly(mode: str, tmp_path: Path) -> None:
+    """Each mode becomes PIL's own conversion, exactly; grey becomes colour by repeating the level; files (TIFF,
+    lossless) give the same pixels as the image in memory."""
+    rgb = Image.fromarray(np.random.default_rng(4).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    image = rgb.convert(mode) if mode != "P" else rgb.quantize(16)
+    transform = ImageTransform(resolution=8, num_channels=3)
+    expected_rgb = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    assert torch.equal(to_uint8(transform(image)), torch.from_numpy(expected_rgb.copy()))
+    expected_grey = np.asarray(image.convert("L"))[None]
+    assert torch.equal(to_uint8(ImageTransform(8, 1)(image)), torch.from_numpy(expected_grey.copy()))
+    if mode in ("L", "1"):
+        assert (expected_rgb == expected_grey).all()
+    if mode not in ("RGBX", "YCbCr"):  # TIFF has no RGBX, and some Pillow versions cannot decode a YCbCr TIFF
+        image.save(tmp_path / "image.tif")
+        assert torch.equal(stack(load_image_dataset(tmp_path, resolution=8))[0], transform(image))
+
+
+def test_cmyk_jpeg_is_read(tmp_path: Path) -> None:
+    Image.new("CMYK", (8, 8), (10, 20, 30, 40)).save(tmp_path / "print.jpg", quality=100)
+    pixels = to_uint8(stack(load_image_dataset(tmp_path, resolution=8))[0])
+    assert (pixels[:, 0, 0] - torch.tensor([207, 198, 190])).abs().max() <= 2  # (255 - C)(255 - K) / 255, ...
+
+
+@pytest.mark.parametrize("mode", ["LAB", "HSV", "RGBa"])
+def test_other_modes_are_refused(mode: str) -> None:
+    with pytest.raises(UnsupportedImageError, match=f"mode '{mode}' is not one that is read"):
+        to_8bit_image(Image.new("RGB", (4, 4)).convert(mode), 3)
+
+
+def test_a_file_as_source_says_what_is_expected(tmp_path: Path) -> None:
+    write_image(tmp_path / "one.png", (8, 8), seed=0)
+    with pytest.raises(ValueError, match="one.png is a file; expected an image folder, a directory written by"):
+        load_image_dataset(tmp_path / "one.png")
+
+
 # ------------------------------------------------------------------------------------------------ 🤗 datasets
 
 
@@ -256,6 +391,16 @@ def test_column_of_file_paths_is_read_as_images(tmp_path: Path) -> None:
         write_image(Path(path), (16, 16), seed=index)
     datasets.Dataset.from_dict({"image": paths}).save_to_disk(tmp_path / "paths")
     assert stack(load_image_dataset(tmp_path / "paths", resolution=16)).shape == (2, 3, 16, 16)
+
+
+def test_dataset_row_without_an_8bit_form_is_named(tmp_path: Path) -> None:
+    grey16 = Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16))
+    rows = datasets.Dataset.from_dict({"image": [make_hf_dataset(1)[0]["picture"], grey16]})
+    rows.cast_column("image", datasets.Image()).save_to_disk(tmp_path / "saved")
+    dataset = load_image_dataset(tmp_path / "saved", resolution=8)
+    assert dataset[0].shape == (3, 8, 8)
+    with pytest.raises(UnsupportedImageError, match="row 1 of column 'image': mode 'I;16'"):
+        dataset[1]
 
 
 def test_other_sources_go_to_load_dataset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -39,6 +39,18 @@ def make_pipeline(
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def test_bfloat16_samples_convert_to_float32_arrays_and_pil():
+    """numpy has no bfloat16 (diffusers' DDPMPipeline raises there): the samples are upcast, exactly."""
+    pipe = make_pipeline(dtype=torch.bfloat16)
+    call = {"batch_size": 2, "num_inference_steps": 3}
+    tensor = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    array = pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np").images
+    pil = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    assert tensor.dtype == torch.bfloat16 and array.dtype == np.float32 and np.isfinite(array).all()
+    assert np.array_equal(tensor.float().permute(0, 2, 3, 1).numpy(), array)
+    assert np.array_equal(np.stack([np.asarray(image) for image in pil]), (array * 255).round().astype(np.uint8))
+
+
 def test_output_types_shapes_dtypes_and_determinism():
     pipe = make_pipeline()
     call = {"batch_size": 2, "num_inference_steps": 5}
@@ -339,6 +351,28 @@ def test_log_likelihood_needs_one_generator_per_image_and_a_positive_chunk_size(
         make_pipeline().log_likelihood(random_uint8_images(2), generator=generators([0]))
     with pytest.raises(ValueError, match="max_batch_size must be positive"):
         make_pipeline().log_likelihood(random_uint8_images(2), max_batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        torch.zeros(0, CHANNELS, SAMPLE_SIZE, SAMPLE_SIZE),
+        np.zeros((0, SAMPLE_SIZE, SAMPLE_SIZE, CHANNELS), np.uint8),
+        [],
+    ],
+    ids=["tensor", "array", "list"],
+)
+def test_an_empty_batch_is_refused(images):
+    with pytest.raises(ValueError, match="needs at least one image, got an empty batch"):
+        make_pipeline().log_likelihood(images)
+
+
+@pytest.mark.parametrize("mode", ["YCbCr", "P", "CMYK", "RGBA", "I;16", "F"])
+def test_pil_images_must_be_8bit_grey_or_colour(mode):
+    """A YCbCr image would pass as RGB levels, a palette image as grey ones: every mode but L and RGB is refused."""
+    image = PIL.Image.new(mode, (SAMPLE_SIZE, SAMPLE_SIZE))
+    with pytest.raises(ValueError, match=f"mode 'L' or 'RGB'.*got mode '{mode}'"):
+        make_pipeline().log_likelihood([image])
 
 
 # ------------------------------------------------------------------------------------------------------------------

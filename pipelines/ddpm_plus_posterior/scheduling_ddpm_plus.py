@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler, rescale_zero_terminal_snr
 
 # diffusers' pipeline loader finds a component's load method by looking up its base-class names in the component's
@@ -31,6 +31,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+# The schedules whose betas run from beta_start to beta_end (the others ignore both).
+INTERPOLATED_BETA_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "mean")
 LOSS_TYPES = ("simple", "vlb", "hybrid", "kl")
@@ -79,6 +81,63 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a `ValueError` naming the valid choices when `value` is not one of them."""
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; valid choices are: {', '.join(choices)}.")
+
+
+def check_schedule_settings(
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    beta_schedule: str,
+    trained_betas: np.ndarray | list[float] | None,
+) -> None:
+    """Raise a `ValueError` naming the settings that cannot give a schedule with 0 < β_t ≤ 1 for every t.
+
+    Checks what can be checked before the schedule is built: a positive integer `num_train_timesteps`; one finite
+    trained beta in (0, 1] per timestep; 0 ≤ beta_start ≤ beta_end ≤ 1 for the schedules that interpolate between
+    them (`INTERPOLATED_BETA_SCHEDULES`). `check_betas` checks the built schedule.
+    """
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)):
+        raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}.")
+    if num_train_timesteps < 1:
+        raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps}.")
+    if trained_betas is not None:
+        betas = np.asarray(trained_betas, dtype=np.float64)
+        if betas.shape != (num_train_timesteps,):
+            raise ValueError(
+                f"trained_betas must hold one beta per timestep ({num_train_timesteps} for num_train_timesteps="
+                f"{num_train_timesteps}), got shape {betas.shape}."
+            )
+        outside = np.flatnonzero(~((betas > 0) & (betas <= 1)))
+        if outside.size:
+            raise ValueError(
+                f"trained_betas must lie in (0, 1], got trained_betas[{outside[0]}] = {betas[outside[0]]} "
+                f"({outside.size} value(s) outside)."
+            )
+    elif beta_schedule in INTERPOLATED_BETA_SCHEDULES and not 0 <= beta_start <= beta_end <= 1:
+        raise ValueError(
+            f"beta_schedule={beta_schedule!r} runs from beta_start to beta_end, which need "
+            f"0 <= beta_start <= beta_end <= 1; got beta_start={beta_start}, beta_end={beta_end}."
+        )
+
+
+def check_betas(betas: torch.Tensor, config: FrozenDict) -> None:
+    """Raise a `ValueError` naming the schedule settings unless every β_t of the built schedule lies in (0, 1]
+    (β_t = 0 makes the first posterior degenerate; diffusers' capped schedules stay at or below 0.999, and a zero
+    terminal SNR schedule ends at exactly 1)."""
+    outside = (~((betas > 0) & (betas <= 1))).nonzero().flatten()
+    if outside.numel() == 0:
+        return
+    t = int(outside[0])
+    if config.trained_betas is not None:
+        settings = "trained_betas"
+    else:
+        settings = (
+            f"beta_schedule={config.beta_schedule!r}, beta_start={config.beta_start}, beta_end={config.beta_end}, "
+            f"num_train_timesteps={config.num_train_timesteps}"
+        )
+    if config.rescale_betas_zero_snr:
+        settings += ", rescale_betas_zero_snr=True"
+    raise ValueError(f"The schedule ({settings}) gives β_{t} = {betas[t].item()}; every β_t must lie in (0, 1].")
 
 
 def posterior_coefficients(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor) -> PosteriorCoefficients:
@@ -237,6 +296,13 @@ class DDPMPlusScheduler(DDPMScheduler):
     * `prediction_type="mean"`: the network predicts the posterior mean μ_θ(x_t, t) directly.
     * Unknown `beta_schedule`, `variance_type` or `prediction_type` raise `ValueError` naming the valid choices,
       and a model output whose channel count does not fit the variance type raises `ValueError`.
+    * A schedule with some β_t outside (0, 1] raises `ValueError` naming the settings (`check_schedule_settings`,
+      `check_betas`): beta_start > beta_end, a beta_end above 1 or a negative beta_start for the interpolated
+      schedules, trained betas outside (0, 1] or not one per timestep. diffusers builds such schedules silently.
+    * `set_timesteps` with fewer than 1 step, with neither a step count nor timesteps, or with an empty or negative
+      custom schedule, and `step` at a timestep outside the schedule raise `ValueError` naming the valid range
+      (diffusers raises ZeroDivisionError, TypeError or IndexError, returns an empty schedule, or wraps a negative
+      timestep around). Errors that diffusers already raises as `ValueError` are unchanged.
 
     Config values are read at call time, so pipelines that rewrite `steps_offset` or `clip_sample` after
     construction behave as with `DDPMScheduler`.
@@ -267,6 +333,7 @@ class DDPMPlusScheduler(DDPMScheduler):
     ):
         if trained_betas is None:
             check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        check_schedule_settings(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         # The float32 sampling tables are built by DDPMScheduler itself, so they are identical to diffusers' by
@@ -293,6 +360,8 @@ class DDPMPlusScheduler(DDPMScheduler):
     def _build_float64_tables(self) -> None:
         """Float64 tables of the training chain for the likelihood math (index t = 0..T-1)."""
         betas = _float64_betas(self.config)
+        for table in (self.betas, betas):  # the float32 sampling schedule and its float64 twin
+            check_betas(table, self.config)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         posterior = posterior_coefficients(alphas_cumprod, alphas_cumprod_prev)
@@ -311,6 +380,40 @@ class DDPMPlusScheduler(DDPMScheduler):
     # Sampling: diffusers-compatible
     # ------------------------------------------------------------------------------------------------------------
 
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """`DDPMScheduler.set_timesteps`, with a `ValueError` naming the valid range where diffusers would fail
+        with ZeroDivisionError, TypeError or IndexError, or silently keep an empty or negative schedule.
+
+        Args:
+            num_inference_steps: number of steps, 1..num_train_timesteps, spaced by `timestep_spacing`.
+            device: where the timesteps go.
+            timesteps: custom timesteps in descending order in 0..num_train_timesteps-1 (instead of
+                `num_inference_steps`).
+        """
+        self._check_inference_schedule(num_inference_steps, timesteps)
+        super().set_timesteps(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps)
+
+    def _check_inference_schedule(self, num_inference_steps: int | None, timesteps: list[int] | None) -> None:
+        """The checks diffusers lacks; the cases it already refuses with a `ValueError` are left to it."""
+        num_train_timesteps = self.config.num_train_timesteps
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError(f"Pass num_inference_steps (1..{num_train_timesteps}) or custom timesteps.")
+        if timesteps is None and num_inference_steps < 1:
+            raise ValueError(
+                f"num_inference_steps must lie in 1..{num_train_timesteps} (num_train_timesteps), "
+                f"got {num_inference_steps}."
+            )
+        if num_inference_steps is None and (len(timesteps) == 0 or min(timesteps) < 0):
+            got = f"a timestep {min(timesteps)}" if len(timesteps) else "an empty list"
+            raise ValueError(
+                f"Custom timesteps must be a non-empty descending list in 0..{num_train_timesteps - 1}, got {got}."
+            )
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -326,7 +429,8 @@ class DDPMPlusScheduler(DDPMScheduler):
         Args:
             model_output: the network output; with `learned`/`learned_range` variances it has twice the channels
                 of `sample` (the second half is the variance output).
-            timestep: the current timestep t (one of `self.timesteps` after `set_timesteps`).
+            timestep: the current timestep t: one of `self.timesteps` after `set_timesteps`, else 0..T-1
+                (`ValueError` otherwise).
             sample: the current sample x_t.
             generator: a generator or a list of generators (one per batch element) for the noise.
             return_dict: return a `DDPMPlusSchedulerOutput` instead of a tuple.
@@ -338,6 +442,7 @@ class DDPMPlusScheduler(DDPMScheduler):
                 exact DDPM step. Deliberately not named `eta`: Stable Diffusion pipelines pass `eta=0.0` to every
                 `step` that accepts it.
         """
+        self._check_step_timestep(timestep)
         t = timestep
         prev_t = self.previous_timestep(t)
         model_output, predicted_variance = self._split_variance_channels(model_output, sample)
@@ -364,6 +469,22 @@ class DDPMPlusScheduler(DDPMScheduler):
         if not return_dict:
             return (pred_prev_sample, pred_original_sample)
         return DDPMPlusSchedulerOutput(prev_sample=pred_prev_sample, pred_original_sample=pred_original_sample)
+
+    def _check_step_timestep(self, timestep: int | torch.Tensor) -> None:
+        """Raise a `ValueError` unless `step` can take `timestep`: one of `self.timesteps` once `set_timesteps` has
+        set a schedule, else a training timestep 0..T-1 (diffusers raises IndexError, or wraps a negative one)."""
+        value = timestep.item() if isinstance(timestep, torch.Tensor) else timestep
+        if self.custom_timesteps or self.num_inference_steps:
+            if not bool((self.timesteps == timestep).any()):
+                raise ValueError(
+                    f"step got timestep {value}, which is not in the schedule set by set_timesteps "
+                    f"({len(self.timesteps)} timesteps from {self.timesteps[0].item()} down to "
+                    f"{self.timesteps[-1].item()}); pass one of `scheduler.timesteps`."
+                )
+        elif not 0 <= value < self.config.num_train_timesteps:
+            raise ValueError(
+                f"step got timestep {value}; timesteps must lie in 0..{self.config.num_train_timesteps - 1}."
+            )
 
     def _output_coefficients(self, t: int | torch.Tensor, coeffs: PosteriorCoefficients) -> PosteriorCoefficients:
         """Coefficients that define the network output: a "mean" output is μ_θ of the training chain's step

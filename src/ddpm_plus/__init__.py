@@ -1,14 +1,53 @@
 """ddpm_plus: the DDPM paper, complete and correct, inside Hugging Face diffusers."""
 
 import importlib
+import importlib.util
+import sys
+import threading
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
 
+_LAZY_LOAD_LOCK = threading.RLock()
+
+
+class _ModuleRunOnFirstUse(ModuleType):
+    """A module registered in `sys.modules` whose code runs when one of its names is first looked up, in place (the
+    object stays the one in `sys.modules`). Dunder lookups do not run it: tools that walk `sys.modules` (e.g.
+    `inspect.getmodule`, which torch calls while it imports) read `__file__` of every module, and running the code
+    in the middle of torch's own import would import a half-initialized torch."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        with _LAZY_LOAD_LOCK:
+            if type(self) is _ModuleRunOnFirstUse:
+                self.__class__ = ModuleType  # a lookup while the code runs finds what is defined so far
+                try:
+                    self.__spec__.loader.exec_module(self)
+                except BaseException:
+                    sys.modules.pop(self.__name__, None)  # as a failed import leaves it
+                    raise
+        return ModuleType.__getattribute__(self, name)
+
+
+def _register_for_first_use(name: str) -> ModuleType:
+    """Module `name`, put in `sys.modules` now and run on the first lookup of one of its names."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    module = importlib.util.module_from_spec(spec)
+    module.__class__ = _ModuleRunOnFirstUse
+    sys.modules[name] = module
+    return module
+
+
 # diffusers' loader resolves a saved component such as ["ddpm_plus.scheduling_ddpm_plus", "DDPMPlusScheduler"] only
-# among modules that are already imported, so `import ddpm_plus` imports the scheduler module (torch, numpy and
-# diffusers only). Every other public name is imported on first use.
-from . import scheduling_ddpm_plus  # noqa: F401
+# among modules that are already imported (in `sys.modules`), so `import ddpm_plus` registers the scheduler module;
+# its code (torch, numpy and diffusers) runs when the loader, or anyone, first looks up one of its names. So
+# `import ddpm_plus` and `ddpm-plus --help` import no torch. Every other public name is imported on first use.
+scheduling_ddpm_plus = _register_for_first_use(f"{__name__}.scheduling_ddpm_plus")
 
 # Public names and the modules that define them.
 _EXPORTS = {

@@ -1,23 +1,207 @@
-"""The `ddpm-plus` command line: `ddpm-plus sample ...` and `ddpm-plus bpd ...`."""
+"""The `ddpm-plus` command line: `ddpm-plus sample ...` and `ddpm-plus bpd ...`.
+
+This module builds the parsers and checks the arguments and every output location with the standard library only,
+so `--help` and argument errors answer at once and a run never fails at the end for want of a place to write. The
+sub-command's module (`cli_sample`, `cli_bpd`), which imports torch and diffusers, is imported only to run it.
+A user error (an invalid value, an unwritable output, a bad model or data set) is one line on stderr and exit code 2.
+"""
 
 import argparse
+import importlib
+import os
+import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+
+SAMPLE_DESCRIPTION = """\
+Generate images with a saved DDPM pipeline and write a PNG grid plus the single images.
+
+    ddpm-plus sample --model DIR --num-images 16 --steps 1000 --seed 0 --out samples.png
+
+writes `samples.png` (the grid) and `samples/000000.png`, `samples/000001.png`, ... Image i is generated from its own
+generator seeded with `seed + i`, so its noise does not depend on `--batch-size`.
+"""
+
+BPD_DESCRIPTION = """\
+Bits/dim of a saved DDPM pipeline on a data set, exact or estimated, with a JSON report.
+
+    ddpm-plus bpd --model DIR --data digits --split test --num-timesteps full --output results.json
+    ddpm-plus bpd --model DIR --data path/to/images --split train --num-timesteps 100
+
+`--num-timesteps full` computes the exact variational bound over all T timesteps (T network evaluations per
+image); `--num-timesteps N` spends at most N evaluations per image (the decoder plus 2 draws in each of
+⌊(N-1)/2⌋ strata) on the unbiased stratified estimate (`estimate_bound`) of that same exact value, after a small
+pilot run that shapes the timestep proposal. Each image draws its noise key from its own generator, seeded from
+`--seed` and the image's index, so per-image results do not depend on `--batch-size`, and an estimate uses the
+noise of the exact run with the same `--seed`.
+
+Images must have an exact 8-bit form: 16-bit, float and transparent images are refused (see ddpm_plus.data).
+"""
+
+SAMPLES_PER_STRATUM = 2
+MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ddpm_plus import cli_bpd, cli_sample
-
     parser = argparse.ArgumentParser(prog="ddpm-plus", description="DDPM+ tools for diffusers pipelines.")
     subcommands = parser.add_subparsers(dest="command", required=True)
-    cli_sample.add_parser(subcommands)
-    cli_bpd.add_parser(subcommands)
+    _add_sample_parser(subcommands)
+    _add_bpd_parser(subcommands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ddpm-plus` console script; each sub-command sets `func(args) -> int`."""
+    """Entry point of the `ddpm-plus` console script: parse, check (no torch yet), then run the sub-command's
+    module; returns its exit status, or 2 with one line on stderr for a user error (a `ValueError`)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args.check(args)
+        return importlib.import_module(args.module).run(args)
+    except ValueError as error:
+        print(f"ddpm-plus {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------------------------- sub-commands
+
+
+def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = _add_subcommand(
+        subparsers, "sample", "generate images with a saved pipeline (PNG grid + single images)", SAMPLE_DESCRIPTION
+    )
+    parser.add_argument("--model", required=True, help="saved pipeline directory (or Hub id)")
+    parser.add_argument("--num-images", type=_positive_int, default=16, help="number of images (default 16)")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: all T steps)")
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per network call (default 16)")
+    parser.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square)")
+    parser.add_argument("--out", type=_png_path, required=True, help="grid PNG; single images go to a folder beside it")
+    parser.set_defaults(module="ddpm_plus.cli_sample", check=_check_sample_arguments)
+
+
+def _check_sample_arguments(args: argparse.Namespace) -> None:
+    check_output_file(args.out, "--out")
+    check_output_directory(sample_image_directory(args.out), "--out (its folder of single images)")
+    _check_model_location(args.model)
+
+
+def _check_model_location(model: str) -> None:
+    """Raise a `ValueError` for a `--model` that is a file, or a path that does not exist and cannot be a Hub id
+    ("name" or "owner/name"), rather than the Hub client's complaint about repository names."""
+    path = Path(model)
+    if path.is_file():
+        raise ValueError(f"--model {model} is a file; give a saved pipeline directory or a Hub id (owner/name).")
+    if not path.exists() and (path.is_absolute() or model.startswith(".") or len(path.parts) > 2):
+        raise ValueError(f"--model {model}: no such directory (and not a Hub id of the form owner/name).")
+
+
+def sample_image_directory(grid: Path) -> Path:
+    """Where `ddpm-plus sample` writes the single images: a folder beside the grid, named after it."""
+    return grid.with_suffix("")
+
+
+def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = _add_subcommand(
+        subparsers, "bpd", "bits/dim (variational bound) of a saved pipeline on a data set", BPD_DESCRIPTION
+    )
+    parser.add_argument("--model", required=True, help="saved pipeline directory (with unet/ and scheduler/)")
+    parser.add_argument("--data", default="digits", help="'digits', an image folder, or a 🤗 datasets name/path")
+    parser.add_argument("--split", default="test", help="data split (image folders: 'train' is all images)")
+    parser.add_argument("--num-timesteps", default="full", type=_num_timesteps, help="'full' or evaluations/image")
+    parser.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--pilot-images", type=int, default=8, help="images of the estimator's pilot run")
+    parser.add_argument("--pilot-timesteps", type=int, default=32, help="timesteps of the estimator's pilot run")
+    parser.add_argument("--clip-denoised", action="store_true", help="clip x̂_0 to [-1, 1] in the reverse mean")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None, help="write per-image results and settings as JSON")
+    parser.set_defaults(module="ddpm_plus.cli_bpd", check=_check_bpd_arguments)
+
+
+def _check_bpd_arguments(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "pilot_images", "pilot_timesteps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be positive, got {args.max_images}.")
+    if args.output is not None:
+        check_output_file(args.output, "--output")
+
+
+def _add_subcommand(
+    subparsers: argparse._SubParsersAction, name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+# --------------------------------------------------------------------------------------------- argument types
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _png_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must be a .png file, got {text}")
+    return path
+
+
+def _num_timesteps(value: str) -> int | str:
+    if value == "full":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'full' or an integer, got {value!r}") from None
+    if number < MIN_EVALUATIONS:
+        raise argparse.ArgumentTypeError(f"the estimator needs at least {MIN_EVALUATIONS} evaluations per image")
+    return number
+
+
+# --------------------------------------------------------------------------------------------- output locations
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Raise a `ValueError` naming `option` unless a file can be written at `path`: not an existing directory, not
+    an existing read-only file, in a directory that exists and is writable or can be created."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give the path of a file.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path} exists and is not writable.")
+    _check_creatable_directory(path.parent, f"{option} {path}")
+
+
+def check_output_directory(path: Path, option: str) -> None:
+    """Raise a `ValueError` naming `option` unless `path` is a writable directory or one that can be created."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} exists and is not a directory.")
+    _check_creatable_directory(path, f"{option} {path}")
+
+
+def _check_creatable_directory(directory: Path, what: str) -> None:
+    """Raise a `ValueError` unless `directory`, or its nearest existing ancestor (from which the rest can be
+    created), is a directory where a file can be created. Creates nothing but a probe file, removed at once."""
+    existing = directory
+    while not os.path.exists(existing):  # False, not an error, for a path below a file or an unreadable folder
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {what}: {existing} is not a directory.")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".ddpm-plus-write-check-")
+    except OSError as error:
+        raise ValueError(f"cannot write {what}: {existing} is not writable ({error.strerror}).") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,8 @@
 """`ddpm-plus bpd`: bits/dim of a saved DDPM pipeline on a data set, exact or estimated, with a JSON report.
 
-    ddpm-plus bpd --model DIR --data digits --split test --num-timesteps full --output results.json
-    ddpm-plus bpd --model DIR --data path/to/images --split train --num-timesteps 100
-
-`--num-timesteps full` computes the exact variational bound over all T timesteps (T network evaluations per
-image); `--num-timesteps N` spends at most N evaluations per image (the decoder plus 2 draws in each of
-⌊(N-1)/2⌋ strata) on the unbiased stratified estimate (`estimate_bound`) of that same exact value, after a small
-pilot run that shapes the timestep proposal. Each image draws its noise key from its own generator, seeded from
-`--seed` and the image's index, so per-image results do not depend on `--batch-size`, and an estimate uses the
-noise of the exact run with the same `--seed`.
+The arguments, their checks (the output location included) and the usage text are in `ddpm_plus.cli`, which
+imports this module (torch, diffusers) only to run the command; user errors are `ValueError`s, which `cli.main`
+prints as one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,7 +12,6 @@ import functools
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddpm_plus.cli import SAMPLES_PER_STRATUM
 from ddpm_plus.likelihood import (
     BoundEstimate,
     BoundResult,
@@ -39,56 +33,11 @@ from ddpm_plus.likelihood import (
     variational_bound,
 )
 
-SAMPLES_PER_STRATUM = 2
-MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `bpd` sub-command."""
-    parser = subparsers.add_parser(
-        "bpd",
-        help="bits/dim (variational bound) of a saved pipeline on a data set",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="saved pipeline directory (with unet/ and scheduler/)")
-    parser.add_argument("--data", default="digits", help="'digits', an image folder, or a 🤗 datasets name/path")
-    parser.add_argument("--split", default="test", help="data split (image folders: 'train' is all images)")
-    parser.add_argument("--num-timesteps", default="full", type=_num_timesteps, help="'full' or evaluations/image")
-    parser.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
-    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
-    parser.add_argument("--pilot-images", type=int, default=8, help="images of the estimator's pilot run")
-    parser.add_argument("--pilot-timesteps", type=int, default=32, help="timesteps of the estimator's pilot run")
-    parser.add_argument("--clip-denoised", action="store_true", help="clip x̂_0 to [-1, 1] in the reverse mean")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None, help="write per-image results and settings as JSON")
-    parser.set_defaults(func=run)
-
-
-def _num_timesteps(value: str) -> int | str:
-    if value == "full":
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'full' or an integer, got {value!r}") from None
-    if number < MIN_EVALUATIONS:
-        raise argparse.ArgumentTypeError(f"the estimator needs at least {MIN_EVALUATIONS} evaluations per image")
-    return number
-
 
 def run(args: argparse.Namespace) -> int:
-    """Run `ddpm-plus bpd`; returns the exit status (2 with a message for invalid input)."""
-    try:
-        return _run(args)
-    except ValueError as error:
-        print(f"ddpm-plus bpd: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    _check_arguments(args)
+    """Run `ddpm-plus bpd` (arguments already checked by `ddpm_plus.cli`); returns the exit status."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     unet, scheduler = load_model(args.model, args.device)
     images = load_images(args.data, args.split, unet.config, args.max_images)
     start = time.perf_counter()
@@ -103,14 +52,6 @@ def _run(args: argparse.Namespace) -> int:
         write_json(report, args.output)
         print(f"wrote {args.output}")
     return 0
-
-
-def _check_arguments(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "pilot_images", "pilot_timesteps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"--max-images must be positive, got {args.max_images}.")
 
 
 def load_model(directory: str | Path, device: str) -> tuple[Any, Any]:
@@ -258,7 +199,7 @@ def _settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]:
     settings = {
         key: str(value) if isinstance(value, Path) else value
         for key, value in vars(args).items()
-        if key not in ("func", "command")
+        if key not in ("command", "module", "check")
     }
     settings["num_train_timesteps"] = scheduler.config.num_train_timesteps
     settings["variance_type"] = scheduler.config.variance_type

@@ -11,6 +11,26 @@ One entry point, :func:`load_image_dataset`, reads three kinds of source and ret
 * anything else: a 🤗 datasets source, either a directory written by ``save_to_disk`` or a name/path for
   ``datasets.load_dataset`` (offline from the local cache with ``HF_DATASETS_OFFLINE=1``).
 
+Pixels are read only where they have an exact 8-bit form (:func:`to_8bit_image`); other images are refused with
+an :class:`UnsupportedImageError` naming the file (or row) and the reason, never guessed:
+
+* 8-bit modes are converted exactly: ``"1"`` (0 or 255), ``"L"``, ``"P"`` (palette lookup), ``"RGB"``,
+  ``"RGBX"``, ``"YCbCr"`` (PIL's JPEG/ITU-R BT.601 conversion) and ``"CMYK"`` (PIL's formula
+  ``R = (255 - C)(255 - K) / 255``, ..., without colour management). Colour becomes grey (1 channel) by PIL's ITU-R
+  601-2 luma transform; grey becomes colour (3 channels) by repeating the level.
+* Transparency (``"LA"``, ``"PA"``, ``"RGBA"``, a palette with alpha, a ``transparency`` entry): accepted only when
+  every pixel is fully opaque, then the alpha channel is dropped; an image with any transparent pixel is refused,
+  since what lies under it (a background colour) is a choice only its owner can make.
+* 16-bit and 32-bit integer (``"I;16"``, ``"I;16B"``, ``"I"``, ...) and float (``"F"``) images, and 16-bit per
+  channel colour files (which PIL would silently cut to their high byte), are refused: they have no 8-bit form
+  without a lossy choice (which range, rounding or gamma), so convert them to 8 bits first. The stored bit depth of
+  colour images is seen for image folders only; a 🤗 datasets source decodes its images before they arrive here.
+* Any other mode (``"LAB"``, ``"HSV"``, premultiplied alpha, ...) is refused.
+
+Image folders check every file's mode (and the alpha of files that have transparency) when the dataset is built,
+before any training or evaluation starts; a corrupt file that PIL cannot read is skipped with a warning that names
+it. 🤗 datasets images are checked when they are read.
+
 Fixed splits are drawn by ordering items by the SHA-256 of a key (the index for digits and datasets, the
 relative path for image folders), so they depend on nothing but the data.
 
@@ -145,7 +165,8 @@ def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 class ImageTransform:
     """PIL image -> float32 tensor ``(num_channels, resolution, resolution)`` on the 8-bit grid in ``[-1, 1]``.
 
-    Converts to ``"L"`` (1 channel) or ``"RGB"`` (3 channels), resizes the shorter side to ``resolution``
+    Converts to ``"L"`` (1 channel) or ``"RGB"`` (3 channels) with :func:`to_8bit_image` (which refuses images
+    without an exact 8-bit form with an :class:`UnsupportedImageError`), resizes the shorter side to ``resolution``
     (bicubic), crops a square (centred, or at a random place when ``center_crop`` is false) and flips
     horizontally with probability 1/2 when ``random_flip`` is true.
     """
@@ -160,7 +181,7 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """Transform ``image``; random choices come from ``generator`` (torch's global one when None)."""
-        image = _convert_mode(image, self.num_channels)
+        image = to_8bit_image(image, self.num_channels)
         image = self._crop(resize_shorter_side(image, self.resolution), generator)
         pixels = torch.from_numpy(np.array(image))
         pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
@@ -179,11 +200,87 @@ class ImageTransform:
         return image.crop((left, top, left + self.resolution, top + self.resolution))
 
 
-def _convert_mode(image: Image.Image, num_channels: int) -> Image.Image:
-    """Convert to ``"L"`` or ``"RGB"``; palette images with transparency go through RGBA (as PIL advises)."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
+class UnsupportedImageError(ValueError):
+    """An image whose pixels have no exact 8-bit form (see :func:`to_8bit_image`): refused, not guessed."""
+
+
+EXACT_8BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "YCbCr", "CMYK", "LA", "PA", "RGBA"})
+"""PIL modes with an exact conversion to 8-bit ``"L"``/``"RGB"`` (those with alpha only when fully opaque)."""
+
+_CONVERT_TO_8_BITS = "convert it to 8 bits per channel first, choosing how its values map to 0..255"
+# 16-bit per channel rawmodes that PIL decodes into an 8-bit mode by keeping the high byte (e.g. PNG "RGB;16B").
+_HIGH_DEPTH_RAWMODE_SUFFIXES = (";16B", ";16L", ";16N")
+
+
+def to_8bit_image(image: Image.Image, num_channels: int) -> Image.Image:
+    """``image`` as ``"L"`` (1 channel) or ``"RGB"`` (3 channels), converted exactly, or an UnsupportedImageError.
+
+    See the module documentation for what each mode becomes. Raises :class:`UnsupportedImageError` for
+    16/32-bit and float modes, unknown modes, and images with a transparent pixel.
+    """
+    problem = unsupported_mode_reason(image)
+    if problem is None and _has_transparency_data(image):
+        image = image.convert("RGBA")  # applies a palette's alpha or a `transparency` entry
+        problem = _transparency_reason(image)
+    if problem is not None:
+        raise UnsupportedImageError(problem)
+    if image.mode == "RGBA":
+        image = image.convert("RGB")  # every pixel is opaque: dropping alpha is exact
     return image.convert("L" if num_channels == 1 else "RGB")
+
+
+def unsupported_mode_reason(image: Image.Image) -> str | None:
+    """Why ``image``'s mode (or, before decoding, its stored bit depth) has no exact 8-bit form, or None.
+
+    Reads the header only, so it is cheap on an image that is opened but not yet loaded.
+    """
+    mode = image.mode
+    if mode == "F":
+        return f"mode 'F' holds floating-point pixels, which have no exact 8-bit form: {_CONVERT_TO_8_BITS}"
+    if mode == "I" or mode.startswith("I;"):
+        bits = "32-bit" if mode == "I" else "16-bit"
+        return f"mode {mode!r} holds {bits} integer pixels, which have no exact 8-bit form: {_CONVERT_TO_8_BITS}"
+    if mode not in EXACT_8BIT_MODES:
+        return (
+            f"mode {mode!r} is not one that is read ({', '.join(sorted(EXACT_8BIT_MODES))}): "
+            "convert it to 'RGB' or 'L' first"
+        )
+    rawmode = _stored_rawmode(image)
+    if rawmode is not None and rawmode.endswith(_HIGH_DEPTH_RAWMODE_SUFFIXES):
+        return (
+            f"it stores 16 bits per channel ({rawmode}), which PIL would cut to 8 by dropping the low byte: "
+            f"{_CONVERT_TO_8_BITS}"
+        )
+    return None
+
+
+def _stored_rawmode(image: Image.Image) -> str | None:
+    """The pixel layout of an opened, not yet decoded image file (e.g. ``"RGB;16B"``), or None once decoded."""
+    for tile in getattr(image, "tile", None) or ():
+        args = tile[3]
+        rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else None
+        if isinstance(rawmode, str):
+            return rawmode
+    return None
+
+
+def _has_transparency_data(image: Image.Image) -> bool:
+    """Whether ``image`` has alpha: an alpha channel, a palette with alpha or a ``transparency`` entry (PIL's
+    ``Image.has_transparency_data``, which needs Pillow 10.1)."""
+    if image.mode in ("LA", "PA", "RGBA") or "transparency" in image.info:
+        return True
+    return image.mode == "P" and image.palette is not None and image.palette.mode.endswith("A")
+
+
+def _transparency_reason(image: Image.Image) -> str | None:
+    """Why an ``"RGBA"`` image cannot be used (it has a pixel that is not fully opaque), or None."""
+    lowest_alpha = image.getchannel("A").getextrema()[0]
+    if lowest_alpha == 255:
+        return None
+    return (
+        f"it has transparent pixels (alpha down to {lowest_alpha}), and what shows through them depends on a "
+        "background: composite it onto the background of your choice, or drop the alpha channel, first"
+    )
 
 
 def _coin_flip(generator: torch.Generator | None) -> bool:
@@ -299,7 +396,8 @@ class DigitsDataset(Dataset):
 
 
 class _PILImageDataset(Dataset):
-    """Base of datasets that decode PIL images: an unreadable image is logged and replaced by the next one."""
+    """Base of datasets that decode PIL images: an unreadable image is logged and replaced by the next one; an
+    image without an exact 8-bit form raises an :class:`UnsupportedImageError` that names it."""
 
     def __init__(self, transform: ImageTransform):
         self.transform = transform
@@ -326,12 +424,17 @@ class _PILImageDataset(Dataset):
                     "Cannot read image %s (%s); using the next image instead.", self._describe(candidate), error
                 )
                 continue
-            return self.transform(image)
+            try:
+                return self.transform(image)
+            except UnsupportedImageError as error:
+                raise UnsupportedImageError(f"Cannot use image {self._describe(candidate)}: {error}.") from None
         raise RuntimeError(f"None of the {len(self)} images of this dataset can be read.")
 
 
 class ImageFolderDataset(_PILImageDataset):
-    """Images from a list of files; files that fail PIL's ``verify()`` are dropped upfront with a warning.
+    """Images from a list of files, checked upfront: files that fail PIL's ``verify()`` are dropped with a warning,
+    and files without an exact 8-bit form (see :func:`to_8bit_image`) raise an :class:`UnsupportedImageError`
+    naming them, before any image is used.
 
     A file that passes ``verify()`` but fails to decode later (e.g. a truncated JPEG) is logged when met and
     replaced by the next image, so an epoch never stops on a bad file.
@@ -339,11 +442,25 @@ class ImageFolderDataset(_PILImageDataset):
 
     def __init__(self, files: Sequence[Path], transform: ImageTransform, *, source: str):
         super().__init__(transform)
-        verified = [_passes_verify(path) for path in files]
-        self.files = [path for path, ok in zip(files, verified, strict=True) if ok]
-        _warn_about_unreadable([path for path, ok in zip(files, verified, strict=True) if not ok], source)
-        if not self.files:
+        readable, unreadable, unsupported = [], [], []
+        for path in files:
+            try:
+                reason = _unsupported_file_reason(path)
+            except _UNREADABLE_IMAGE_ERRORS:
+                unreadable.append(path)
+                continue
+            if reason is None:
+                readable.append(path)
+            else:
+                unsupported.append(f"{path}: {reason}")
+        if unsupported:
+            raise UnsupportedImageError(
+                f"{len(unsupported)} image file(s) in {source} cannot be used: {_name_some(unsupported, '; ')}."
+            )
+        _warn_about_unreadable(unreadable, source)
+        if not readable:
             raise ValueError(f"No readable image among the {len(files)} image file(s) of {source}.")
+        self.files = readable
 
     def __len__(self) -> int:
         return len(self.files)
@@ -368,20 +485,33 @@ def find_image_files(directory: str | Path) -> list[Path]:
     return files
 
 
-def _passes_verify(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except _UNREADABLE_IMAGE_ERRORS:
-        return False
-    return True
+def _unsupported_file_reason(path: Path) -> str | None:
+    """Why the image file cannot be used (see :func:`to_8bit_image`), or None when it can. Reads the header, runs
+    PIL's ``verify()``, and decodes only files with transparency data (to find transparent pixels); raises one of
+    ``_UNREADABLE_IMAGE_ERRORS`` for a file PIL cannot read."""
+    with Image.open(path) as image:
+        reason = unsupported_mode_reason(image)
+        image.verify()
+    if reason is not None or not _has_transparency_data(image):
+        return reason
+    with Image.open(path) as image:
+        try:
+            to_8bit_image(image, num_channels=3)
+        except UnsupportedImageError as error:
+            return str(error)
+    return None
+
+
+def _name_some(items: Sequence[str], separator: str = ", ") -> str:
+    """The first few of ``items``, joined by ``separator``, and how many more there are."""
+    more = f" and {len(items) - _MAX_NAMED_FILES} more" if len(items) > _MAX_NAMED_FILES else ""
+    return separator.join(items[:_MAX_NAMED_FILES]) + more
 
 
 def _warn_about_unreadable(files: Sequence[Path], source: str) -> None:
     if files:
-        named = ", ".join(str(path) for path in files[:_MAX_NAMED_FILES])
-        more = f" and {len(files) - _MAX_NAMED_FILES} more" if len(files) > _MAX_NAMED_FILES else ""
-        logger.warning("Skipped %d unreadable image file(s) in %s: %s%s", len(files), source, named, more)
+        named = _name_some([str(path) for path in files])
+        logger.warning("Skipped %d unreadable image file(s) in %s: %s", len(files), source, named)
 
 
 class HFImageDataset(_PILImageDataset):
@@ -471,7 +601,7 @@ def load_image_dataset(
 
     Args:
         source: ``None`` or ``"digits"`` for the embedded digits; an existing directory for an image folder
-            (unless ``save_to_disk`` wrote it); otherwise a 🤗 datasets name or path.
+            (unless ``save_to_disk`` wrote it); otherwise a 🤗 datasets name or path. A file is refused.
         resolution: side of the square images.
         num_channels: 1 (grey) or 3 (RGB); default 1 for the digits and 3 otherwise.
         split: digits: ``"train"`` (1,500) or ``"test"`` (297), fixed. 🤗 datasets with named splits: a split
@@ -482,12 +612,21 @@ def load_image_dataset(
         cache_dir: 🤗 datasets cache directory (``load_dataset`` sources only).
         image_column: image column of a 🤗 dataset; by default the first Image column, else "image" or "img".
         held_out_fraction: for sources without named splits, the fraction held out as ``"test"``.
+
+    Raises:
+        UnsupportedImageError: an image without an exact 8-bit form (16-bit, float, transparent, unknown mode; see
+            :func:`to_8bit_image`), named: image folders when the dataset is built, 🤗 datasets when read.
     """
     if source is None or str(source) == "digits":
         _reject_held_out_fraction(held_out_fraction, "the digits (their split is fixed)")
         return DigitsDataset(split, resolution, 1 if num_channels is None else num_channels, random_flip)
     transform = ImageTransform(resolution, 3 if num_channels is None else num_channels, center_crop, random_flip)
     path = Path(source)
+    if path.is_file():
+        raise ValueError(
+            f"The data source {path} is a file; expected an image folder, a directory written by "
+            "`save_to_disk`, a 🤗 datasets name, or 'digits'."
+        )
     if path.is_dir() and not _is_saved_dataset(path):
         files = find_image_files(path)
         keys = [file.relative_to(path).as_posix() for file in files]

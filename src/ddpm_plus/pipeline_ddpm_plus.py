@@ -165,9 +165,14 @@ class DDPMPlusPipeline(DiffusionPipeline):
         return self._output(image, output_type, return_dict)
 
     def _output(self, image: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
-        """Samples in [-1, 1] as diffusers' DDPMPipeline returns them: [0, 1] tensors, arrays or PIL images."""
+        """Samples in [-1, 1] as diffusers' DDPMPipeline returns them: [0, 1] tensors, arrays or PIL images.
+
+        numpy has no bfloat16: bfloat16 samples become float32 arrays (exactly; diffusers' DDPMPipeline fails there).
+        """
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
+            if image.dtype == torch.bfloat16:
+                image = image.float()
             image = image.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
                 image = self.numpy_to_pil(image)
@@ -239,8 +244,10 @@ class DDPMPlusPipeline(DiffusionPipeline):
         float16/bfloat16 UNets are refused (call `pipe.unet.float()` first). The terms are float64 on the CPU.
 
         Args:
-            images: 8-bit images: a float tensor (B, C, H, W) on the grid k/127.5 - 1 in [-1, 1], a uint8 tensor
-                (B, C, H, W), a uint8 array (B, H, W, C) or (B, H, W), or a PIL image or list of PIL images.
+            images: at least one 8-bit image: a float tensor (B, C, H, W) on the grid k/127.5 - 1 in [-1, 1], a
+                uint8 tensor (B, C, H, W), a uint8 array (B, H, W, C) or (B, H, W), or a PIL image or list of PIL
+                images of mode "L" or "RGB" (convert other modes first; `ddpm_plus.data.to_8bit_image` does so
+                exactly, or refuses).
             generator: a CPU `torch.Generator`, or one per image (an image's bound then does not depend on the
                 rest of the batch); None uses torch's global generator.
             clip_denoised: clip the predicted x_0 to [-1, 1] before forming the mean of p_θ(x_{t-1} | x_t).
@@ -253,6 +260,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
                 f"log_likelihood needs the DDPM+ scheduler math; {type(self.scheduler).__name__} has none. Use "
                 "`pipe.scheduler = DDPMPlusScheduler.from_config(pipe.scheduler.config)`."
             )
+        _check_not_empty(images)
         x0 = self._as_model_images(images)
         bound = variational_bound(
             self.unet,
@@ -428,12 +436,31 @@ def _check_generator_list(generator: torch.Generator | list[torch.Generator] | N
         raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}; pass one per image.")
 
 
+def _check_not_empty(images: Any) -> None:
+    """Raise a `ValueError` for an empty batch (a tensor, array or list with no image)."""
+    if isinstance(images, (torch.Tensor, np.ndarray, list, tuple)) and len(images) == 0:
+        raise ValueError("log_likelihood needs at least one image, got an empty batch.")
+
+
+def _check_pil_mode(image: Any) -> None:
+    """Raise a `ValueError` for a PIL image whose pixels are not 8-bit grey ("L") or colour ("RGB"): a palette or
+    YCbCr image would be read as wrong levels, 16-bit or float images have no exact 8-bit form."""
+    mode = getattr(image, "mode", None)  # a PIL image's mode is a string (a tensor's `mode` is a method)
+    if isinstance(mode, str) and mode not in ("L", "RGB"):
+        raise ValueError(
+            f"PIL images must have mode 'L' or 'RGB' (8-bit grey or colour), got mode {mode!r}; convert it first "
+            "(`ddpm_plus.data.to_8bit_image` converts exactly, or refuses 16-bit, float and transparent images)."
+        )
+
+
 def _uint8_arrays_to_tensor(images: np.ndarray | Sequence[Any] | Any) -> torch.Tensor:
     """uint8 arrays (B, H, W, C) / (B, H, W), or PIL image(s), as a float tensor (B, C, H, W) in [-1, 1]."""
     if isinstance(images, np.ndarray):
         pixels = images
     else:
         batch = images if isinstance(images, (list, tuple)) else [images]
+        for image in batch:
+            _check_pil_mode(image)
         pixels = np.stack([np.asarray(image) for image in batch])
     if pixels.dtype != np.uint8:
         raise ValueError(

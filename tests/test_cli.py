@@ -1,0 +1,151 @@
+"""The `ddpm-plus` command line without a model: instant help and argument errors (no torch), and output locations
+checked before anything is loaded or computed."""
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_plus import DDPMPlusScheduler, build_unet, cli
+from ddpm_plus.cli import main
+
+HEAVY_MODULES = ("torch", "diffusers", "numpy")
+
+_IMPORTS_AFTER_SCRIPT = """
+import json
+import runpy
+import sys
+
+results = {{}}
+for argv in {argvs!r}:
+    sys.argv = ["ddpm-plus", *argv]
+    try:
+        runpy.run_module("ddpm_plus.cli", run_name="__main__")
+    except SystemExit as exit:
+        results[" ".join(argv)] = exit.code
+print(json.dumps({{"exit_codes": results, "heavy": [name for name in {heavy!r} if name in sys.modules]}}))
+"""
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_diffusers(tmp_path: Path) -> None:
+    argvs = [
+        ["--help"],
+        ["sample", "--help"],
+        ["bpd", "--help"],
+        ["bpd", "--model", "m", "--num-timesteps", "2"],  # argparse error
+        ["bpd", "--model", "m", "--batch-size", "0"],  # checked value: one line, exit 2
+        ["sample", "--model", "m", "--out", str(tmp_path / "file.txt" / "grid.png")],  # unwritable output
+    ]
+    (tmp_path / "file.txt").write_text("a file, not a directory")
+    script = _IMPORTS_AFTER_SCRIPT.format(argvs=argvs, heavy=HEAVY_MODULES)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == [], result.stderr
+    assert list(report["exit_codes"].values()) == [0, 0, 0, 2, 2, 2]
+    assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr
+
+
+_PACKAGE_SCRIPT = """
+import sys
+
+import ddpm_plus
+
+assert [name for name in {heavy!r} if name in sys.modules] == []
+registered = sys.modules["ddpm_plus.scheduling_ddpm_plus"]  # for diffusers' loader, which looks it up there
+import diffusers.pipelines  # torch's import reads `__file__` of every module in sys.modules (inspect.getmodule)
+
+from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
+
+assert registered is sys.modules["ddpm_plus.scheduling_ddpm_plus"] is ddpm_plus.scheduling_ddpm_plus
+assert DDPMPlusScheduler is registered.DDPMPlusScheduler is ddpm_plus.DDPMPlusScheduler
+assert type(registered).__name__ == "module" and DDPMPlusScheduler.__module__ == registered.__name__
+print("ok")
+"""
+
+
+def test_import_ddpm_plus_is_light_and_its_scheduler_module_runs_on_first_use() -> None:
+    script = _PACKAGE_SCRIPT.format(heavy=HEAVY_MODULES)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["ok"], result.stderr[-4000:]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a sub-command runs (loads the model): `main` finds these stand-ins in `sys.modules`."""
+
+    def refuse(args) -> int:
+        raise AssertionError(f"`ddpm-plus {args.command}` ran before its output location was checked")
+
+    for name in ("ddpm_plus.cli_bpd", "ddpm_plus.cli_sample"):
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(run=refuse))
+
+
+def unwritable_locations(tmp_path: Path) -> dict[str, Path]:
+    """Output paths that cannot be written, even by root: under a regular file, and an existing directory."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a directory")
+    existing_directory = tmp_path / "taken.png"
+    existing_directory.mkdir()
+    return {"is not a directory": blocker / "sub" / "out.png", "is a directory": existing_directory}
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_bpd_refuses_an_unwritable_output_before_loading_the_model(tmp_path: Path, capsys) -> None:
+    for expected, output in unwritable_locations(tmp_path).items():
+        status = main(["bpd", "--model", str(tmp_path / "no-such-model"), "--output", str(output)])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1, error
+        assert "--output" in error and expected in error and "no-such-model" not in error
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_sample_refuses_an_unwritable_output_before_loading_the_model(tmp_path: Path, capsys) -> None:
+    locations = unwritable_locations(tmp_path)
+    single_images_blocked = tmp_path / "grid.png"
+    (tmp_path / "grid").write_text("where the single images would go")
+    locations["exists and is not a directory"] = single_images_blocked
+    for expected, out in locations.items():
+        status = main(["sample", "--model", str(tmp_path / "no-such-model"), "--out", str(out)])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1, error
+        assert "--out" in error and expected in error and "no-such-model" not in error
+
+
+def test_writable_output_locations_pass_and_create_nothing(tmp_path: Path) -> None:
+    cli.check_output_file(tmp_path / "new" / "deeper" / "results.json", "--output")
+    (tmp_path / "old.json").write_text("{}")
+    cli.check_output_file(tmp_path / "old.json", "--output")
+    cli.check_output_directory(tmp_path / "images", "--out")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["old.json"]
+
+
+def test_bpd_refuses_16_bit_and_float_images_naming_them(tmp_path: Path, capsys) -> None:
+    """Once flattened to white (16-bit) or black (float) and scored; now one line naming the files and modes."""
+    torch.manual_seed(0)
+    build_unet("test-tiny", in_channels=1).save_pretrained(tmp_path / "model" / "unet")
+    DDPMPlusScheduler(num_train_timesteps=20).save_pretrained(tmp_path / "model" / "scheduler")
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(tmp_path / "data" / "grey16.png")
+    Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32)).save(tmp_path / "data" / "float.tif")
+    argv = ["bpd", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--split", "train"]
+    assert main([*argv, "--output", str(tmp_path / "results.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "grey16.png: mode 'I;16'" in error and "float.tif: mode 'F'" in error
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_sample_names_a_missing_model_directory(tmp_path: Path, capsys) -> None:
+    (tmp_path / "weights.bin").write_text("not a pipeline")
+    for model, expected in [
+        (tmp_path / "no-such-model", "no such directory (and not a Hub id"),
+        (tmp_path / "weights.bin", "is a file; give a saved pipeline directory or a Hub id"),
+    ]:
+        assert main(["sample", "--model", str(model), "--out", str(tmp_path / "grid.png")]) == 2
+        error = capsys.readouterr().err
+        assert f"--model {model}" in error and expected in error and error.count("\n") == 1
