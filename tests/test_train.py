@@ -4,14 +4,17 @@ Short CPU runs of the tiny UNet with a short chain (T = 20): in-process through 
 subprocesses for `accelerate launch` with two processes and for SIGKILL + resume.
 """
 
+import errno
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from diffusers import UNet2DModel
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 from ddpm_plus.timestep_samplers import LossSecondMomentResampler, UniformSampler
@@ -28,12 +31,16 @@ from ddpm_plus.training import (
     DiffusionObjective,
     ShardedBatchSampler,
     TrainingGenerators,
+    build_optimizer,
     check_world_size,
     complete_checkpoints,
+    disk_is_full,
     latest_checkpoint,
     prune_checkpoints,
+    remove_unfinished_checkpoints,
     resolve_resume_checkpoint,
     torch_threads_per_process,
+    verify_checkpoint,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,20 +65,57 @@ def load_script():
 train_script = load_script()
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
+def reset_accelerate() -> None:
     """Each in-process run builds its own Accelerator (accelerate keeps process-wide singletons)."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    reset_accelerate()
     threads = torch.get_num_threads()
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     torch.set_num_threads(threads)
 
 
 def run_main(output_dir: Path, *extra: str) -> int:
+    reset_accelerate()
     return train_script.main(train_script.parse_args(["--output_dir", str(output_dir), *FAST, *extra]))
+
+
+def run_command_line(capsys, output_dir: Path, *extra: str) -> tuple[int, list[str]]:
+    """The script's command line in-process: its exit status and its stderr lines."""
+    reset_accelerate()
+    capsys.readouterr()
+    status = train_script.run(["--output_dir", str(output_dir), *FAST, *extra])
+    return status, capsys.readouterr().err.splitlines()
+
+
+def error_line(status: int, stderr: list[str]) -> str:
+    """The message of a failed run: exit code 2, one error line, last on stderr (after any log), no traceback."""
+    assert status == 2, stderr
+    assert not any(line.startswith("Traceback") for line in stderr), stderr
+    errors = [line for line in stderr if line.startswith("train.py: error: ")]
+    assert errors == stderr[-1:], stderr
+    return errors[0].removeprefix("train.py: error: ")
+
+
+def checkpoint_steps(output_dir: Path) -> list[int]:
+    return [step for step, _ in complete_checkpoints(output_dir)]
+
+
+def assert_finite_checkpoint(checkpoint: Path) -> None:
+    """Every tensor of the checkpoint (weights, EMA, optimizer moments) is finite."""
+    tensors = [tensor for path in checkpoint.glob("*.safetensors") for tensor in load_file(path).values()]
+    optimizer = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    tensors += [value for state in optimizer["state"].values() for value in state.values()]
+    assert all(torch.isfinite(tensor).all() for tensor in tensors if tensor.is_floating_point()), checkpoint
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def subprocess_env() -> dict[str, str]:
@@ -222,14 +266,18 @@ def test_latest_checkpoint_ignores_temporary_and_incomplete_directories(tmp_path
     (tmp_path / "checkpoint-11").mkdir()  # no state file: not a finished checkpoint
     (tmp_path / "checkpoint-x").mkdir()
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert resolve_resume_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-10"
+    assert resolve_resume_checkpoint("latest", tmp_path).path == tmp_path / "checkpoint-10"
     assert resolve_resume_checkpoint("latest", tmp_path / "missing") is None
     assert resolve_resume_checkpoint(None, tmp_path) is None
     with pytest.raises(ValueError, match="not a finished checkpoint"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-11"), tmp_path)
+    prune_checkpoints(tmp_path, 1, newest_step=2)  # checkpoint-10 predates a resume from an earlier one
+    assert checkpoint_steps(tmp_path) == [2, 10]
     prune_checkpoints(tmp_path, 1)
-    assert [step for step, _ in complete_checkpoints(tmp_path)] == [10]
+    assert checkpoint_steps(tmp_path) == [10]
     assert (tmp_path / ".checkpoint-12.tmp").is_dir()
+    assert remove_unfinished_checkpoints(tmp_path) == [tmp_path / ".checkpoint-12.tmp"]
+    assert not (tmp_path / ".checkpoint-12.tmp").exists() and checkpoint_steps(tmp_path) == [10]
 
 
 # --------------------------------------------------------------------------------------------- whole runs
@@ -305,7 +353,7 @@ def test_each_loss_type_trains_and_changes_the_weights(tmp_path, loss, extra):
     assert math.isfinite(json.loads((out / "bpd.json").read_text())["bits_per_dim"])
 
 
-def test_resume_after_sigkill_during_a_save_is_bitwise_identical(tmp_path):
+def test_resume_after_sigkill_during_a_save_is_bitwise_identical(tmp_path, caplog):
     common = [*FAST, "--max_train_steps", "6", "--checkpointing_steps", "2", "--random_flip"]
     common += ["--save_images_steps", "3", "--bpd_steps", "5"]  # evaluations must not disturb the training RNGs
     common += ["--timestep_sampler", "loss-second-moment", "--num_train_timesteps", "4", "--train_batch_size", "16"]
@@ -317,10 +365,12 @@ def test_resume_after_sigkill_during_a_save_is_bitwise_identical(tmp_path):
     assert (interrupted / ".checkpoint-4.tmp").is_dir() and not (interrupted / "checkpoint-4").exists()
     assert latest_checkpoint(interrupted) == interrupted / "checkpoint-2"
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     resume = ["--output_dir", str(interrupted), *common, "--resume_from_checkpoint", "latest"]
-    assert train_script.main(train_script.parse_args(resume)) == 0
+    with caplog.at_level(logging.INFO):
+        assert train_script.main(train_script.parse_args(resume)) == 0
+    assert not (interrupted / ".checkpoint-4.tmp").exists()
+    assert f"Removed {interrupted / '.checkpoint-4.tmp'}, the unfinished checkpoint" in caplog.text
     assert_bitwise_equal(read_weights(straight / "checkpoint-6"), read_weights(interrupted / "checkpoint-6"))
     states = [json.loads((run / "checkpoint-6" / "training_state.json").read_text()) for run in (straight, interrupted)]
     assert states[0]["timestep_sampler"] == states[1]["timestep_sampler"]
@@ -334,11 +384,14 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
     launcher += ("--main_process_port", str(free_port()))
     args = ["--output_dir", str(tmp_path / "run"), *FAST, "--max_train_steps", "3", "--debug_record_dir", str(record)]
     extra = ["--timestep_sampler", "loss-second-moment", "--checkpointing_steps", "3"]
+    extra += ["--debug_nan_batch_steps", "2", "--skip_nonfinite_steps", "1"]  # NaN images on process 1 only
     result = run_script(*args, *extra, launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
+    assert result.stderr.count("step 2: the loss is not finite; skipped the batch") == 1  # logged by the main one
     state = json.loads((tmp_path / "run" / "checkpoint-3" / "training_state.json").read_text())
-    assert sum(state["timestep_sampler"]["loss_counts"]) == 3 * 2 * 8  # the losses of both processes
+    assert state["skipped_steps"] == [{"step": 2, "reason": "non-finite loss"}]
+    assert sum(state["timestep_sampler"]["loss_counts"]) == 2 * 2 * 8  # the losses of both processes, step 2 left out
     assert (tmp_path / "run" / "checkpoint-3" / "generators_1.safetensors").is_file()
 
     first, second = (load_file(record / f"weights_{rank}.safetensors") for rank in (0, 1))
@@ -371,24 +424,268 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
         (["--train_batch_size", "2000"], "fewer than one optimizer step"),
         (["--dataset_name", "x", "--train_data_dir", "y"], "not both"),
         (["--learning_rate", "0"], "must be positive"),
+        (["--num_train_timesteps", "1"], "--num_train_timesteps must be at least 2"),
+        (["--skip_nonfinite_steps", "-1"], "--skip_nonfinite_steps must not be negative"),
+        (["--output_dir", "FILE"], "exists and is not a directory"),
+        (["--output_dir", "FILE/out"], "is not a directory"),
+        (["--cache_dir", "FILE/cache"], "--cache_dir"),
+        (["--output_dir", "HAS_SAMPLES_DIR"], "samples.png is a directory"),
+        (["--push_to_hub", "--hub_model_id", "a/b/c", "--hub_token", "x"], "invalid repository id"),
+        (["--push_to_hub", "--hub_model_id", "me/tiny"], "needs a Hub token"),
+        (["--resume_from_checkpoint", "EMPTY"], "not a finished checkpoint"),
+        (["--report_to", "wandb"], "needs the wandb package: pip install wandb"),
+        (["--report_to", "nonsense"], "unknown tracker"),
     ],
 )
-def test_bad_arguments_fail_before_training(tmp_path, extra, message):
+def test_bad_arguments_fail_before_training_with_one_line_and_exit_code_2(
+    tmp_path, capsys, monkeypatch, extra, message
+):
+    monkeypatch.setattr(train_script, "get_token", lambda: None)  # not logged in to the Hub
+    monkeypatch.setattr(train_script, "get_available_trackers", lambda: [])  # no tracker package installed
     (tmp_path / "EMPTY").mkdir()
-    extra = [str(tmp_path / "EMPTY") if value == "EMPTY" else value for value in extra]
+    (tmp_path / "FILE").write_text("a regular file")
+    (tmp_path / "HAS_SAMPLES_DIR" / "samples.png").mkdir(parents=True)
+    extra = [str(tmp_path / value) if value.isupper() or value.startswith("FILE") else value for value in extra]
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=message):
-        run_main(out, *extra)
-    assert not list(out.glob("checkpoint-*")) and not (out / "unet").exists()
+    status, stderr = run_command_line(capsys, out, *extra)
+    assert message in error_line(status, stderr) and len(stderr) == 1
+    assert not out.exists() and not (tmp_path / "FILE").is_dir()
 
 
-def test_resuming_with_a_different_model_is_refused(tmp_path):
+def test_a_schedule_that_needs_settings_the_script_lacks_is_not_offered(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.parse_args(["--output_dir", "x", "--lr_scheduler", "piecewise_constant"])
+    assert exit_info.value.code == 2 and "invalid choice: 'piecewise_constant'" in capsys.readouterr().err
+
+
+def test_a_bad_argument_under_accelerate_launch_is_one_line(tmp_path):
+    """`accelerate launch -q` passes the script's one line through; without -q accelerate adds its own traceback
+    (CalledProcessError) for a failed single-process run, and it exits 1 for any failure either way."""
+    launcher = ("-m", "accelerate.commands.launch", "-q", "--num_processes", "1", "--num_machines", "1")
+    launcher += ("--mixed_precision", "no", "--dynamo_backend", "no")
+    result = run_script("--output_dir", str(tmp_path / "run"), "--num_train_timesteps", "1", launcher=launcher)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "train.py: error: --num_train_timesteps must be at least 2 (the held-out bits/dim needs the decoder term and "
+        "at least one KL term), got 1."
+    ]
+
+
+def test_resuming_with_changed_model_objective_or_data_settings_is_refused(tmp_path, capsys):
+    config = tmp_path / "unet.json"
+    config.write_text(json.dumps(train_script.unet_config("test-tiny")))
     out = tmp_path / "run"
-    assert run_main(out, "--max_train_steps", "1", "--checkpointing_steps", "1") == 0
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    with pytest.raises(ValueError, match="num_train_timesteps"):
-        run_main(out, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", "--num_train_timesteps", "30")
+    assert run_main(out, "--model_config", str(config), "--max_train_steps", "1", "--checkpointing_steps", "1") == 0
+    resume = ["--model_config", str(config), "--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
+    changes = [
+        (["--num_train_timesteps", "30"], "num_train_timesteps: checkpoint 20, now 30"),
+        (["--beta_end", "0.03"], "beta_end: checkpoint 0.02, now 0.03"),
+        (["--snr_gamma", "5"], "snr_gamma: checkpoint None, now 5.0"),
+        (["--random_flip"], "random_flip: checkpoint False, now True"),
+        (["--train_batch_size", "4"], "train_batch_size: checkpoint 8, now 4"),
+    ]
+    for extra, message in changes:
+        assert message in error_line(*run_command_line(capsys, out, *resume, *extra))
+    config.write_text(json.dumps(train_script.unet_config("test-tiny") | {"dropout": 0.1}))  # same name, new content
+    assert "unet_config.dropout: checkpoint 0.0, now 0.1" in error_line(*run_command_line(capsys, out, *resume))
+    assert checkpoint_steps(out) == [1]
+
+
+def test_switching_to_fp16_needs_the_loss_scaler_state(tmp_path):
+    state = {"settings": {"mixed_precision": "bf16"}}
+    assert train_script.loss_scaler_difference(tmp_path, state, "bf16") == []
+    assert train_script.loss_scaler_difference(tmp_path, state, "fp16") == [
+        "mixed_precision: checkpoint 'bf16', now 'fp16' (the checkpoint has no loss-scaler state)"
+    ]
+    (tmp_path / "scaler.pt").write_bytes(b"")
+    assert train_script.loss_scaler_difference(tmp_path, state, "fp16") == []
+
+
+def test_resume_honours_a_new_learning_rate_and_optimizer_and_ema_settings(tmp_path, caplog):
+    out = tmp_path / "run"
+    common = ["--lr_scheduler", "constant", "--checkpointing_steps", "1"]
+    assert run_main(out, *common, "--max_train_steps", "1", "--learning_rate", "1e-3") == 0
+    changed = ["--learning_rate", "5e-3", "--adam_weight_decay", "0.01", "--adam_beta2", "0.99"]
+    changed += ["--ema_max_decay", "0.5", "--ema_power", "0.5"]
+    with caplog.at_level(logging.INFO):
+        assert run_main(out, *common, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", *changed) == 0
+    assert "learning_rate 0.001 → 0.005" in caplog.text
+    group = torch.load(out / "checkpoint-2" / "optimizer.bin", weights_only=True)["param_groups"][0]
+    assert group["lr"] == group["initial_lr"] == 5e-3
+    assert group["weight_decay"] == 0.01 and tuple(group["betas"]) == (0.9, 0.99)
+    state = json.loads((out / "checkpoint-2" / "training_state.json").read_text())
+    assert state["lr_scheduler"]["base_lrs"] == state["lr_scheduler"]["_last_lr"] == [5e-3]
+    assert state["ema"]["decay"] == 0.5 and state["ema"]["power"] == 0.5 and state["ema"]["optimization_step"] == 2
+    assert state["settings"]["learning_rate"] == 5e-3
+
+
+# --------------------------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_before_saving_and_keeps_the_finite_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["--max_train_steps", "8", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
+    message = error_line(
+        *run_command_line(capsys, out, *extra, "--logging_steps", "100", "--debug_nan_batch_steps", "5")
+    )
+    assert message.startswith("Training diverged at step 5: the loss is not finite. Likely causes: a learning rate")
+    assert f"--resume_from_checkpoint {out / 'checkpoint-4'}" in message
+    assert checkpoint_steps(out) == [3, 4] and not list(out.glob(".checkpoint-*"))
+    for checkpoint in (out / "checkpoint-3", out / "checkpoint-4"):
+        assert_finite_checkpoint(checkpoint)
+    assert not (out / "unet").exists() and not (out / "model_index.json").exists() and not (out / "README.md").exists()
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path, capsys, monkeypatch):
+    """Weights that overflow in an update from a finite loss and gradient (simulated) stop the run before a save."""
+
+    def overflowing_optimizer(parameters, **kwargs):
+        optimizer = build_optimizer(parameters, **kwargs)
+        step = optimizer.step
+
+        def step_then_overflow(self, *args, **step_kwargs):
+            step(*args, **step_kwargs)
+            if int(self.state[parameters[0]]["step"]) == 2:
+                parameters[0].data.fill_(math.inf)
+
+        optimizer.step = types.MethodType(step_then_overflow, optimizer)  # a method, as the LR scheduler wraps it
+        return optimizer
+
+    monkeypatch.setattr(train_script, "build_optimizer", overflowing_optimizer)
+    out = tmp_path / "run"
+    extra = ["--max_train_steps", "3", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1"]
+    message = error_line(*run_command_line(capsys, out, *extra))
+    assert message.startswith("Training diverged at step 2: the weights are not finite.")
+    assert checkpoint_steps(out) == [1] and not list(out.glob(".checkpoint-*")) and not (out / "unet").exists()
+    assert_finite_checkpoint(out / "checkpoint-1")
+
+
+def test_skip_nonfinite_steps_skips_bad_batches_without_an_update_then_stops_beyond_the_limit(tmp_path, capsys, caplog):
+    out = tmp_path / "run"
+    common = ["--checkpointing_steps", "1", "--timestep_sampler", "loss-second-moment"]
+    bad = ["--skip_nonfinite_steps", "1", "--debug_nan_batch_steps", "2", "4"]
+    with caplog.at_level(logging.WARNING):
+        message = error_line(*run_command_line(capsys, out, *common, "--max_train_steps", "5", *bad))
+    assert "step 2: the loss is not finite; skipped the batch without an update (1 of at most 1" in caplog.text
+    assert message.startswith("Training diverged at step 4: the loss is not finite (2 bad batches, more than ")
+    assert checkpoint_steps(out) == [1, 2, 3]
+    weights = [read_weights(out / f"checkpoint-{step}") for step in (1, 2, 3)]
+    states = [json.loads((out / f"checkpoint-{step}" / "training_state.json").read_text()) for step in (1, 2, 3)]
+    trained = [name for name in weights[0] if not name.startswith("rng.")]  # the noise streams move on regardless
+    assert_bitwise_equal({n: weights[0][n] for n in trained}, {n: weights[1][n] for n in trained})
+    assert any(not torch.equal(weights[1][name], weights[2][name]) for name in trained)
+    for key in ("lr_scheduler", "timestep_sampler", "ema"):
+        assert states[0][key] == states[1][key] != states[2][key]
+    assert states[1]["skipped_steps"] == [{"step": 2, "reason": "non-finite loss"}]
+
+    # resumed with a larger allowance (the steps skipped before count towards it): the run completes
+    extra = ["--max_train_steps", "5", "--resume_from_checkpoint", "latest", "--skip_nonfinite_steps", "2"]
+    status, stderr = run_command_line(capsys, out, *common, *extra, "--debug_nan_batch_steps", "4")
+    assert status == 0, stderr
+    final = json.loads((out / "checkpoint-5" / "training_state.json").read_text())
+    assert [entry["step"] for entry in final["skipped_steps"]] == [2, 4]
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------- damaged checkpoints
+
+
+def test_a_corrupt_checkpoint_is_named_and_latest_falls_back_to_the_newest_that_verifies(tmp_path, capsys, caplog):
+    out = tmp_path / "run"
+    assert run_main(out, "--max_train_steps", "2", "--checkpointing_steps", "1") == 0
+    assert verify_checkpoint(out / "checkpoint-2")
+    truncate(out / "checkpoint-2" / "ema.safetensors")
+    (out / "checkpoint-1" / "training_state.json").write_text("{")  # also damaged, but only in its content
+
+    message = error_line(*run_command_line(capsys, out, "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    assert message.startswith(f"{out / 'checkpoint-2' / 'ema.safetensors'} has ")
+    message = error_line(*run_command_line(capsys, out, "--resume_from_checkpoint", "latest"))
+    assert message.startswith(f"No checkpoint in {out} can be resumed from: {out / 'checkpoint-2' / 'ema.safetensors'}")
+    assert f"{out / 'checkpoint-1' / 'training_state.json'} has 1 bytes, its manifest records" in message
+
+    (out / "checkpoint-1" / "training_state.json").unlink()
+    assert run_main(out, "--max_train_steps", "1", "--checkpointing_steps", "1") == 0  # rewrites checkpoint-1
+    with caplog.at_level(logging.INFO):
+        assert (
+            run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest")
+            == 0
+        )
+    assert f"Not resuming from {out / 'checkpoint-2'}: {out / 'checkpoint-2' / 'ema.safetensors'} has" in caplog.text
+    assert f"Resumed from {out / 'checkpoint-1'} at step 1." in caplog.text
+    assert checkpoint_steps(out) == [1, 2, 3] and all(verify_checkpoint(out / f"checkpoint-{s}") for s in (2, 3))
+
+
+def test_a_checkpoint_without_manifest_is_checked_and_accepted_with_a_warning(tmp_path, capsys, caplog):
+    """Checkpoints written before manifests (and before the longer run signature) still resume: their structure and
+    finiteness are checked instead, and settings are compared through their recorded arguments."""
+    out = tmp_path / "run"
+    assert run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "1") == 0
+    for step in (1, 2, 3):
+        (out / f"checkpoint-{step}" / "manifest.json").unlink()
+        state_file = out / f"checkpoint-{step}" / "training_state.json"
+        state = json.loads(state_file.read_text())
+        for key in ("unet_config", "beta_end", "snr_gamma"):
+            del state["run"][key]
+        state_file.write_text(json.dumps(state))
+    truncate(out / "checkpoint-1" / "training_state.json")
+    weights = load_file(out / "checkpoint-3" / "model.safetensors")  # as an earlier version saved a diverged run
+    save_file(
+        {name: torch.full_like(tensor, math.nan) for name, tensor in weights.items()},
+        out / "checkpoint-3" / "model.safetensors",
+    )
+
+    message = error_line(*run_command_line(capsys, out, "--resume_from_checkpoint", str(out / "checkpoint-1")))
+    assert message.startswith(f"{out / 'checkpoint-1' / 'training_state.json'} is not valid JSON")
+    message = error_line(*run_command_line(capsys, out, "--resume_from_checkpoint", "latest", "--beta_end", "0.03"))
+    assert "beta_end: checkpoint 0.02, now 0.03" in message  # found among the recorded arguments
+    with caplog.at_level(logging.WARNING):
+        assert run_main(out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest") == 0
+    assert f"{out / 'checkpoint-3' / 'model.safetensors'} holds non-finite values" in caplog.text
+    assert f"{out / 'checkpoint-2'} has no manifest" in caplog.text
+    assert "does not record unet_config (an earlier version): not checked" in caplog.text
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    write_ema = train_script.save_ema_weights
+
+    def full_disk_at_step_2(ema, names, path):
+        if "checkpoint-2" in str(path):
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write_ema(ema, names, path)
+
+    monkeypatch.setattr(train_script, "save_ema_weights", full_disk_at_step_2)
+    out = tmp_path / "run"
+    message = error_line(*run_command_line(capsys, out, "--max_train_steps", "3", "--checkpointing_steps", "1"))
+    assert message == (
+        f"Could not write checkpoint checkpoint-2 in {out}: the disk is full. The checkpoint "
+        f"{out / 'checkpoint-1'} is intact: resume from it with --resume_from_checkpoint latest once there is room."
+    )
+    assert checkpoint_steps(out) == [1] and not list(out.glob(".checkpoint-*")) and not (out / "unet").exists()
+    assert verify_checkpoint(out / "checkpoint-1")
+    monkeypatch.setattr(train_script, "save_ema_weights", write_ema)
+    assert (
+        run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest") == 0
+    )
+    assert checkpoint_steps(out) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("error", "free_bytes", "full"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 10**9, True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), 10**9, True),
+        (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), 10**9, True),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"), 4096, True),  # torch
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"), 10**9, False),
+        (OSError(errno.EACCES, "Permission denied"), 10**9, False),
+    ],
+)
+def test_a_full_disk_is_recognised_in_the_forms_torch_and_safetensors_report(
+    tmp_path, monkeypatch, error, free_bytes, full
+):
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": free_bytes})())
+    assert disk_is_full(error, tmp_path) is full
 
 
 def test_hub_token_is_used_for_the_upload_but_never_written(tmp_path, monkeypatch):
@@ -414,8 +711,6 @@ def test_compiled_training_writes_checkpoints_that_resume_without_compile(tmp_pa
     out = tmp_path / "run"
     assert run_main(out, "--compile", "--max_train_steps", "2", "--checkpointing_steps", "2") == 0
     assert "conv_in.weight" in load_file(out / "checkpoint-2" / "model.safetensors")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
     assert (
         run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest") == 0
     )

@@ -30,10 +30,11 @@ import json
 import logging
 import math
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,18 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import SCALER_NAME, LoggerType, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
+from huggingface_hub import get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ddpm_plus.cli import check_output_directory, check_output_file
 from ddpm_plus.data import load_image_dataset, make_grid
 from ddpm_plus.hub import push_pipeline_to_hub, write_model_card
 from ddpm_plus.likelihood import BoundEstimate, estimate_bound, pilot_profile
@@ -67,19 +72,26 @@ from ddpm_plus.training import (
     EMA_WEIGHTS_FILE,
     TRAINING_STATE_FILE,
     DiffusionObjective,
+    ResumeChoice,
     ShardedBatchSampler,
+    TrainingError,
     TrainingGenerators,
     TrainingStep,
+    all_finite,
     build_optimizer,
     create_accelerator,
     ema_settings,
+    explained_write_errors,
+    latest_checkpoint,
     load_ema_state,
     load_generators,
     optimizer_step_batches,
+    remove_unfinished_checkpoints,
     resolve_resume_checkpoint,
     save_checkpoint,
     save_ema_weights,
     save_generators,
+    set_optimizer_hyperparameters,
     torch_threads_per_process,
     write_json,
 )
@@ -91,27 +103,50 @@ DEFAULT_MAX_TRAIN_STEPS = 2000
 DEFAULT_INFERENCE_STEPS = 250
 """Sampling steps of the sample grids unless given: the respaced chain keeps grids cheap during training."""
 
-# Settings a checkpoint must share with the run that resumes it: they fix the model, the objective's state and the
-# data position.
+# diffusers' schedules, less those that need settings this script does not take (piecewise_constant's step rules).
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType if kind is not SchedulerType.PIECEWISE_CONSTANT)
+MIN_TRAIN_TIMESTEPS = 2
+"""The held-out bits/dim needs the decoder term (t = 0) and at least one KL term; T = 1 would fail after training."""
+
+# Settings a checkpoint must share with the run that resumes it: they fix the model, the diffusion and its objective,
+# the training data and the position in it. Changing one mid-run would silently train a different model (or, for the
+# batch layout and seed, repeat and skip images); every other setting is honoured from the resumed step on.
 RESUME_SIGNATURE_KEYS = (
+    # the model
     "model_config",
+    "unet_config",
     "resolution",
     "learn_sigma",
+    "use_ema",
+    # the diffusion and the objective
     "prediction_type",
     "variance_type",
     "loss",
     "beta_schedule",
+    "beta_start",
+    "beta_end",
     "num_train_timesteps",
     "timestep_sampler",
+    "snr_gamma",
+    "vlb_weight",
+    # the training data and the position in it
+    "dataset_name",
+    "train_data_dir",
+    "image_column",
+    "held_out_fraction",
+    "center_crop",
+    "random_flip",
     "train_batch_size",
     "gradient_accumulation_steps",
     "num_processes",
-    "use_ema",
     "seed",
 )
 # Never recorded in logs, trackers, model cards or checkpoints.
 SECRET_ARGUMENTS = ("hub_token",)
-DEBUG_ARGUMENTS = ("debug_record_dir", "debug_kill_after_step", "debug_kill_while_saving_step")
+DEBUG_ARGUMENTS = ("debug_record_dir", "debug_kill_after_step", "debug_kill_while_saving_step", "debug_nan_batch_steps")
+# What a run writes into --output_dir besides its checkpoints: checked before the first step.
+OUTPUT_FILES = ("samples.png", "bpd.json", "README.md", "model_index.json")
+OUTPUT_DIRECTORIES = ("unet", "scheduler", "samples", "logs")
 MIN_GRID_SIDE = 256  # sample grids of small images are enlarged (nearest neighbour) to at least this many pixels
 
 
@@ -201,13 +236,20 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--num_epochs", type=int, default=None, help="Epochs, when --max_train_steps is not given.")
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
     group.add_argument("--learning_rate", type=float, default=2e-3)
-    group.add_argument("--lr_scheduler", default="cosine", choices=[kind.value for kind in SchedulerType])
+    group.add_argument("--lr_scheduler", default="cosine", choices=LR_SCHEDULERS)
     group.add_argument("--lr_warmup_steps", type=int, default=100)
     group.add_argument("--adam_beta1", type=float, default=0.9)
     group.add_argument("--adam_beta2", type=float, default=0.999)
     group.add_argument("--adam_weight_decay", type=float, default=0.0)
     group.add_argument("--adam_epsilon", type=float, default=1e-8)
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping (0: off).")
+    group.add_argument(
+        "--skip_nonfinite_steps",
+        type=int,
+        default=0,
+        help="Skip up to N batches whose loss or gradient is not finite (no update, EMA untouched; each is logged) "
+        "before the run stops as diverged. Default 0: stop at the first one. Nothing non-finite is ever saved.",
+    )
     group.add_argument(
         "--use_ema", action=argparse.BooleanOptionalAction, default=True, help="Keep an EMA of the weights."
     )
@@ -286,6 +328,7 @@ def _add_debug_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug_record_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--debug_kill_after_step", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--debug_kill_while_saving_step", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--debug_nan_batch_steps", type=int, nargs="*", default=(), help=argparse.SUPPRESS)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -293,14 +336,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """ValueError for inconsistent arguments, before anything is loaded or trained."""
+    """ValueError for inconsistent arguments and unwritable outputs, before anything is loaded or trained."""
     if args.dataset_name and args.train_data_dir:
         raise ValueError("Give --dataset_name or --train_data_dir, not both.")
     _check_ranges(args)
+    if args.num_train_timesteps < MIN_TRAIN_TIMESTEPS:
+        raise ValueError(
+            f"--num_train_timesteps must be at least {MIN_TRAIN_TIMESTEPS} (the held-out bits/dim needs the decoder "
+            f"term and at least one KL term), got {args.num_train_timesteps}."
+        )
     if args.num_inference_steps is not None and args.num_inference_steps > args.num_train_timesteps:
         raise ValueError("--num_inference_steps cannot exceed --num_train_timesteps.")
-    if args.report_to == "tensorboard" and not _tensorboard_available():
-        raise ValueError("--report_to tensorboard needs the tensorboard package: pip install tensorboard.")
+    _check_tracker(args.report_to)
+    check_output_locations(args)
+    _check_hub_arguments(args)
     if args.hub_token is not None:
         warnings.warn(
             "--hub_token on the command line is visible to other users of this machine (process list, shell "
@@ -315,7 +364,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
     optional_positive = ("max_train_steps", "num_epochs", "resolution", "num_eval_images", "num_inference_steps")
     optional_positive += ("checkpoints_total_limit", "num_threads")
     non_negative = ("save_images_steps", "bpd_steps", "checkpointing_steps", "lr_warmup_steps", "seed")
-    non_negative += ("dataloader_num_workers", "max_grad_norm", "adam_weight_decay")
+    non_negative += ("dataloader_num_workers", "max_grad_norm", "adam_weight_decay", "skip_nonfinite_steps")
     for name in positive + optional_positive:
         value = getattr(args, name)
         if (value is not None or name in positive) and value < 1:
@@ -333,12 +382,48 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_max_decay must lie in [0, 1], got {args.ema_max_decay}.")
 
 
-def _tensorboard_available() -> bool:
+def check_output_locations(args: argparse.Namespace) -> None:
+    """ValueError unless --output_dir (and --cache_dir) can be written, with no file or directory in the way of an
+    output; creates nothing."""
+    output_dir = Path(args.output_dir)
+    check_output_directory(output_dir, "--output_dir")
+    for name in OUTPUT_FILES:
+        check_output_file(output_dir / name, "--output_dir: the output")
+    for name in OUTPUT_DIRECTORIES:
+        check_output_directory(output_dir / name, "--output_dir: the output folder")
+    if args.cache_dir is not None:
+        check_output_directory(Path(args.cache_dir), "--cache_dir")
+
+
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """The Hub repository of --push_to_hub: --hub_model_id, or the name of --output_dir."""
+    return args.hub_model_id or Path(args.output_dir).absolute().name
+
+
+def _check_hub_arguments(args: argparse.Namespace) -> None:
+    """With --push_to_hub: a valid repository id and a token, so that the upload does not fail after training."""
+    if not args.push_to_hub:
+        return
     try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        validate_repo_id(hub_repo_id(args))
+    except HFValidationError as error:
+        raise ValueError(
+            f"--push_to_hub: invalid repository id (--hub_model_id or the output folder's name): {error}"
+        ) from None
+    if args.hub_token is None and get_token() is None:
+        raise ValueError("--push_to_hub needs a Hub token: run `huggingface-cli login` or set HF_TOKEN.")
+
+
+def _check_tracker(report_to: str) -> None:
+    """ValueError for an unknown tracker, or one whose package is missing (accelerate would only warn and train
+    without it)."""
+    if report_to in ("none", "all"):
+        return
+    known = [kind.value for kind in LoggerType if kind is not LoggerType.ALL]
+    if report_to not in known:
+        raise ValueError(f"--report_to {report_to}: unknown tracker; choose one of {', '.join(known)}, all or none.")
+    if report_to not in [kind.value for kind in get_available_trackers()]:
+        raise ValueError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}.")
 
 
 # --------------------------------------------------------------------------------------------- run setup
@@ -346,13 +431,14 @@ def _tensorboard_available() -> bool:
 
 @dataclass
 class RunSetup:
-    """What the arguments resolve to: the UNet config, the noise scheduler and the data sets."""
+    """What the arguments resolve to: the UNet config, the noise scheduler, the data sets, the verified checkpoint."""
 
     unet_config: dict[str, Any]
     noise_scheduler: DDPMPlusScheduler
     train_set: torch.utils.data.Dataset
     eval_images: torch.Tensor | None
     resolution: int
+    resume: ResumeChoice | None = None
 
 
 def resolve_unet_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -432,8 +518,9 @@ def prepare_run(args: argparse.Namespace) -> RunSetup:
     check_arguments(args)
     config, resolution = resolve_unet_config(args)
     noise_scheduler = build_noise_scheduler(args, config)
+    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     train_set, eval_images = load_datasets(args, resolution, config["in_channels"])
-    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution)
+    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume)
 
 
 def inference_steps(args: argparse.Namespace) -> int:
@@ -451,12 +538,57 @@ def resolve_max_train_steps(args: argparse.Namespace, steps_per_epoch: int) -> i
 def run_signature(args: argparse.Namespace, setup: RunSetup, num_processes: int) -> dict[str, Any]:
     """The settings that a checkpoint and the run resuming it must share (see RESUME_SIGNATURE_KEYS)."""
     resolved = {
+        "unet_config": setup.unet_config,
         "resolution": setup.resolution,
         "variance_type": setup.noise_scheduler.config.variance_type,
         "num_processes": num_processes,
     }
     values = {**vars(args), **resolved}
-    return {key: values[key] for key in RESUME_SIGNATURE_KEYS}
+    return json.loads(json.dumps({key: values[key] for key in RESUME_SIGNATURE_KEYS}))  # as a checkpoint records it
+
+
+def signature_differences(checkpoint_state: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """('name: checkpoint A, now B' for each setting that differs, the settings the checkpoint does not record).
+
+    A checkpoint written before a setting joined the signature is compared through its recorded arguments; the
+    UNet config is compared key by key, so that the message names what changed.
+    """
+    recorded = {**checkpoint_state.get("settings", {}), **checkpoint_state["run"]}
+    differences, unrecorded = [], []
+    for key, value in current.items():
+        if key not in recorded:
+            unrecorded.append(key)
+        elif key == "unet_config":
+            differences += _dict_differences(key, recorded[key], value)
+        elif recorded[key] != value:
+            differences.append(f"{key}: checkpoint {recorded[key]!r}, now {value!r}")
+    return differences, unrecorded
+
+
+def _dict_differences(name: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [
+        f"{name}.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
+def loss_scaler_difference(path: Path, checkpoint_state: dict[str, Any], mixed_precision: str) -> list[str]:
+    """A switch to fp16 from a checkpoint without a loss-scaler state, which accelerate cannot load; else []."""
+    if mixed_precision != "fp16" or (path / SCALER_NAME).is_file():
+        return []
+    recorded = checkpoint_state.get("settings", {}).get("mixed_precision")
+    return [f"mixed_precision: checkpoint {recorded!r}, now 'fp16' (the checkpoint has no loss-scaler state)"]
+
+
+def changed_settings(checkpoint_state: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """'name A → B' for each honoured setting (not in the signature) that differs from the checkpoint's record."""
+    recorded = checkpoint_state.get("settings", {})
+    return [
+        f"{key} {recorded[key]!r} → {value!r}"
+        for key, value in public_settings(args).items()
+        if key in recorded and key != "resume_from_checkpoint" and recorded[key] != value
+    ]
 
 
 def public_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -480,6 +612,7 @@ class Trainer:
     max_train_steps: int
     eval_unet: UNet2DModel | None = None  # main process: receives the EMA weights for sampling and bits/dim
     global_step: int = 0
+    skipped_steps: list[dict[str, Any]] = field(default_factory=list)  # {"step", "reason"} of each skipped batch
 
     @property
     def ema(self) -> EMAModel | None:
@@ -497,6 +630,7 @@ class Trainer:
             "timestep_sampler": self.step_fn.objective.timestep_sampler.state_dict(),
             "run": run_signature(self.args, self.setup, self.accelerator.num_processes),
             "settings": public_settings(self.args),
+            "skipped_steps": self.skipped_steps,
         }
         if self.ema is not None:
             state["ema"] = ema_settings(self.ema)
@@ -513,6 +647,7 @@ class Trainer:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def save_checkpoint(self) -> None:
+        self.check_finite_weights()
         path = save_checkpoint(
             self.accelerator,
             self.args.output_dir,
@@ -523,31 +658,116 @@ class Trainer:
         logger.info(f"Saved checkpoint {path}", main_process_only=True)
 
     def resume(self) -> None:
-        """Restore the newest or the given checkpoint, if any: weights, optimizer, RNGs, EMA, sampler, position."""
-        path = resolve_resume_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
-        if path is None:
+        """Restore the verified checkpoint chosen in `prepare_run`, if any: weights, optimizer, RNGs, EMA, sampler,
+        position; then apply the settings that may change on resume (learning rate, AdamW and EMA settings, ...)."""
+        choice = self.setup.resume
+        if choice is None:
             if self.args.resume_from_checkpoint is not None:
                 logger.info("No checkpoint to resume from: starting a new run.", main_process_only=True)
             return
+        self._log_resume_choice(choice)
+        path = choice.path
         state = json.loads((path / TRAINING_STATE_FILE).read_text())
         self._check_resumable(state, path)
         self.accelerator.load_state(str(path))
-        self.step_fn.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        lr_scheduler = self.step_fn.lr_scheduler
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        args = self.args
+        set_optimizer_hyperparameters(
+            self.step_fn.optimizer,
+            lr_scheduler,
+            learning_rate=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay,
+            eps=args.adam_epsilon,
+        )
         self.step_fn.objective.timestep_sampler.load_state_dict(state["timestep_sampler"])
         if self.ema is not None:
-            load_ema_state(self.ema, self.parameter_names(), path / EMA_WEIGHTS_FILE, state["ema"])
+            ema_state = {**state["ema"], "decay": args.ema_max_decay, "inv_gamma": args.ema_inv_gamma}
+            load_ema_state(
+                self.ema, self.parameter_names(), path / EMA_WEIGHTS_FILE, ema_state | {"power": args.ema_power}
+            )
         load_generators(self.step_fn.generators, path, self.accelerator.process_index)
         self.global_step = state["global_step"]
+        self.skipped_steps = state.get("skipped_steps", [])
         logger.info(f"Resumed from {path} at step {self.global_step}.", main_process_only=True)
+        changed = changed_settings(state, args)
+        if changed:
+            logger.info(
+                f"Changed settings, applied from step {self.global_step} on: {'; '.join(changed)}.",
+                main_process_only=True,
+            )
+
+    def _log_resume_choice(self, choice: ResumeChoice) -> None:
+        for path, reason in choice.rejected:
+            logger.warning(f"Not resuming from {path}: {reason}", main_process_only=True)
+        if not choice.verified:
+            logger.warning(
+                f"{choice.path} has no manifest (written by an earlier version): its files parse, but their "
+                "integrity cannot be verified.",
+                main_process_only=True,
+            )
 
     def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
         current = run_signature(self.args, self.setup, self.accelerator.num_processes)
-        different = {
-            key: (state["run"].get(key), value) for key, value in current.items() if state["run"].get(key) != value
-        }
-        if different:
-            details = ", ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in different.items())
-            raise ValueError(f"Cannot resume from {path}: the run differs in {details}.")
+        differences, unrecorded = signature_differences(state, current)
+        differences += loss_scaler_difference(path, state, self.args.mixed_precision)
+        if differences:
+            raise ValueError(
+                f"Cannot resume from {path}: the run differs in {'; '.join(differences)}. These settings define the "
+                "model, its objective or its data; keep them, or start a new run in another --output_dir."
+            )
+        if unrecorded:
+            logger.warning(
+                f"{path} does not record {', '.join(unrecorded)} (an earlier version): not checked.",
+                main_process_only=True,
+            )
+
+    # ----------------------------------------------------------------------------------------- divergence
+
+    def check_finite_weights(self) -> None:
+        """TrainingError unless the weights (and their EMA) are finite on every process: nothing non-finite is saved."""
+        tensors = [*self.unet.parameters(), *(self.ema.shadow_params if self.ema is not None else ())]
+        bad = torch.tensor(float(not all_finite(tensors)), device=self.accelerator.device)
+        if self.accelerator.reduce(bad, "sum").item():
+            raise TrainingError(self.divergence_message("the weights are not finite"))
+
+    def record_nonfinite_step(self, part: str) -> None:
+        """After a step whose `part` ("loss", "gradient") was not finite, and which therefore changed nothing: log
+        it as skipped while --skip_nonfinite_steps allows, else stop with a TrainingError."""
+        self.skipped_steps.append({"step": self.global_step, "reason": f"non-finite {part}"})
+        allowed = self.args.skip_nonfinite_steps
+        if len(self.skipped_steps) > allowed:
+            what = f"the {part} is not finite"
+            if allowed:
+                what += f" ({len(self.skipped_steps)} bad batches, more than --skip_nonfinite_steps {allowed})"
+            raise TrainingError(self.divergence_message(what))
+        logger.warning(
+            f"step {self.global_step}: the {part} is not finite; skipped the batch without an update "
+            f"({len(self.skipped_steps)} of at most {allowed}, --skip_nonfinite_steps).",
+            main_process_only=True,
+        )
+
+    def divergence_message(self, what: str) -> str:
+        """One line: the step, what is not finite, the likely causes and the checkpoint to resume from."""
+        args = self.args
+        causes = [f"a learning rate too high (--learning_rate {args.learning_rate:g})"]
+        if args.max_grad_norm == 0:
+            causes.append("no gradient clipping (--max_grad_norm 0)")
+        if args.mixed_precision == "fp16":
+            causes.append("fp16 overflow (try --mixed_precision bf16 or no)")
+        causes.append("bad data (NaN or infinite pixels)")
+        latest = latest_checkpoint(args.output_dir)
+        resume = (
+            f"the last checkpoint, {latest}, is finite: change the settings and resume with "
+            f"--resume_from_checkpoint {latest}"
+            if latest is not None
+            else "there is no checkpoint to resume from"
+        )
+        return (
+            f"Training diverged at step {self.global_step}: {what}. Likely causes: {'; '.join(causes)}. No checkpoint "
+            f"or pipeline was written from it; {resume}, or skip up to N bad batches with --skip_nonfinite_steps N."
+        )
 
     # ----------------------------------------------------------------------------------------- evaluation
 
@@ -764,14 +984,11 @@ class RunningLog:
         self.grad_norm = grad_norm
 
     def flush(self, progress: tqdm) -> None:
-        """Log the averages over all processes; RuntimeError when the loss is no longer finite."""
+        """Log the averages over all processes of the steps since the last line (skipped steps excluded)."""
         trainer = self.trainer
+        if self.steps == 0:  # every step since the last line was skipped (and logged as such)
+            return
         loss = (trainer.accelerator.reduce(self.loss_sum, "mean") / self.steps).item()
-        if not math.isfinite(loss):
-            raise RuntimeError(
-                f"The training loss is {loss} at step {trainer.global_step}: lower --learning_rate, keep "
-                "--max_grad_norm on, or train in full precision (--mixed_precision no)."
-            )
         elapsed = time.perf_counter() - self.started
         values = {
             "train/loss": loss,
@@ -800,31 +1017,44 @@ def train(trainer: Trainer) -> None:
         num_workers=args.dataloader_num_workers,
         pin_memory=accelerator.device.type == "cuda",
     )
-    progress = tqdm(
+    running = RunningLog(trainer)
+    # As a context, the bar is closed before an error is printed.
+    with tqdm(
         total=trainer.max_train_steps,
         initial=trainer.global_step,
         desc="training",
         unit="step",
         disable=not accelerator.is_local_main_process,
-    )
-    running = RunningLog(trainer)
-    while trainer.global_step < trainer.max_train_steps:
-        micro_batches, indices = next(batches)
-        output = trainer.step_fn(micro_batches)
-        trainer.global_step += 1
-        progress.update(1)
-        running.add(output.loss, output.grad_norm)
-        _record_indices(args, accelerator, trainer.global_step, indices)
-        step, last = trainer.global_step, trainer.max_train_steps
-        if step % args.logging_steps == 0 or step == last:
-            running.flush(progress)
-        if due(step, args.save_images_steps, last) or due(step, args.bpd_steps, last):
-            trainer.evaluate(images=due(step, args.save_images_steps, last), bpd=due(step, args.bpd_steps, last))
-        if args.checkpointing_steps and (step % args.checkpointing_steps == 0 or step == last):
-            trainer.save_checkpoint()
-        if step == args.debug_kill_after_step:
-            os.kill(os.getpid(), signal.SIGKILL)
-    progress.close()
+    ) as progress:
+        while trainer.global_step < trainer.max_train_steps:
+            micro_batches, indices = next(batches)
+            output = trainer.step_fn(_debug_nan_batches(args, accelerator, trainer.global_step + 1, micro_batches))
+            trainer.global_step += 1
+            progress.update(1)
+            if output.nonfinite is None:
+                running.add(output.loss, output.grad_norm)
+            else:
+                trainer.record_nonfinite_step(output.nonfinite)
+            _record_indices(args, accelerator, trainer.global_step, indices)
+            step, last = trainer.global_step, trainer.max_train_steps
+            if step % args.logging_steps == 0 or step == last:
+                running.flush(progress)
+            if due(step, args.save_images_steps, last) or due(step, args.bpd_steps, last):
+                trainer.check_finite_weights()
+                trainer.evaluate(images=due(step, args.save_images_steps, last), bpd=due(step, args.bpd_steps, last))
+            if args.checkpointing_steps and (step % args.checkpointing_steps == 0 or step == last):
+                trainer.save_checkpoint()
+            if step == args.debug_kill_after_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _debug_nan_batches(
+    args: argparse.Namespace, accelerator: Accelerator, step: int, micro_batches: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Test aid: NaN images on the last process at the steps of --debug_nan_batch_steps."""
+    if step in args.debug_nan_batch_steps and accelerator.process_index == accelerator.num_processes - 1:
+        return [torch.full_like(batch, math.nan) for batch in micro_batches]
+    return micro_batches
 
 
 def _record_indices(args: argparse.Namespace, accelerator: Accelerator, step: int, indices: list[list[int]]) -> None:
@@ -852,17 +1082,22 @@ def _record_final_weights(trainer: Trainer) -> None:
 
 
 def save_outputs(trainer: Trainer) -> None:
-    """The EMA pipeline, `samples.png`, `bpd.json` and the model card in --output_dir; optionally push to the Hub."""
-    results = trainer.evaluate(images=True, bpd=True, final=True)
-    if not trainer.accelerator.is_main_process:
-        return
+    """The EMA pipeline, `samples.png`, `bpd.json` and the model card in --output_dir; optionally push to the Hub.
+
+    Only finite weights are evaluated and saved; a failed write (a full disk) is one line naming the intact checkpoint.
+    """
+    trainer.check_finite_weights()
     args = trainer.args
-    pipeline = trainer.pipeline(trainer.evaluation_unet())
-    pipeline.save_pretrained(args.output_dir)
-    card = model_card_arguments(trainer, results)
-    write_model_card(args.output_dir, repo_id=args.hub_model_id, **card)
+    with explained_write_errors("the final outputs", Path(args.output_dir)):
+        results = trainer.evaluate(images=True, bpd=True, final=True)
+        if not trainer.accelerator.is_main_process:
+            return
+        pipeline = trainer.pipeline(trainer.evaluation_unet())
+        pipeline.save_pretrained(args.output_dir)
+        card = model_card_arguments(trainer, results)
+        write_model_card(args.output_dir, repo_id=args.hub_model_id, **card)
     if args.push_to_hub:
-        repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
+        repo_id = hub_repo_id(args)
         push_pipeline_to_hub(pipeline, repo_id, token=args.hub_token, private=args.hub_private_repo, **card)
         logger.info(f"Pushed the pipeline to the Hub repository {repo_id}.", main_process_only=True)
 
@@ -883,11 +1118,19 @@ def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str,
 # --------------------------------------------------------------------------------------------- main
 
 
+def prepare_output_dir(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """Create --output_dir (once nothing can fail on bad input) and remove checkpoint saves that a kill interrupted."""
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        for path in remove_unfinished_checkpoints(args.output_dir):
+            logger.info(f"Removed {path}, the unfinished checkpoint of an interrupted save.", main_process_only=True)
+    accelerator.wait_for_everyone()
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     setup = prepare_run(args)
     threads = configure_backends(args)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     accelerator = create_accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -895,6 +1138,7 @@ def main(args: argparse.Namespace) -> int:
         report_to=None if args.report_to == "none" else args.report_to,
     )
     trainer = build_trainer(args, setup, accelerator)
+    prepare_output_dir(args, accelerator)
     trainer.resume()
     if args.debug_record_dir is not None:
         Path(args.debug_record_dir).mkdir(parents=True, exist_ok=True)
@@ -915,5 +1159,18 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """The command line: `main`, with a user error or an explained failure (divergence, a full disk, a corrupt
+    checkpoint) printed as one line on stderr and exit code 2; unexpected errors keep their traceback."""
+    args = parse_args(argv)
+    try:
+        return main(args)
+    except (ValueError, TrainingError) as error:
+        rank = os.environ.get("RANK", "0")
+        where = Path(__file__).name if rank == "0" else f"{Path(__file__).name} (process {rank})"
+        print(f"{where}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(run())

@@ -6,24 +6,31 @@
 * The objective: timesteps from a timestep sampler, noise from our own generators, x_t = q(x_t | x_0) (eq. 4) and
   the loss from `DDPMPlusScheduler.training_losses` (eq. 14, or the variational bound of eq. 5), weighted by the
   sampler's importance weights.
-* One optimizer step: gradient accumulation, clipping, learning-rate schedule, EMA of the weights.
+* One optimizer step: gradient accumulation, clipping, learning-rate schedule, EMA of the weights; a step whose loss
+  or gradient is not finite on any process changes nothing.
 * Checkpoints: `Accelerator.save_state` plus our own state (EMA, timestep sampler, step, generators), written to a
   temporary directory and renamed when complete, so that an interrupted save never becomes the latest checkpoint.
+  A manifest (size and SHA-256 of every file), written last, lets a resume verify a checkpoint before loading it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -39,8 +46,21 @@ if TYPE_CHECKING:
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
 EMA_WEIGHTS_FILE = "ema.safetensors"
+MANIFEST_FILE = "manifest.json"
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 _TEMPORARY_SUFFIX = ".tmp"
+_TEMPORARY_NAME = re.compile(r"\.checkpoint-\d+\.tmp")
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", f"os error {errno.ENOSPC}")
+_NEARLY_FULL_BYTES = 1 << 20  # a write that fails with less than this left on its disk failed for want of space
+
+
+class TrainingError(RuntimeError):
+    """A run stopped for a reason that one line explains (divergence, a full disk): the script prints it alone."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (corrupt, truncated, incomplete); the message names the bad file."""
 
 
 # --------------------------------------------------------------------------------------------- launch
@@ -319,7 +339,8 @@ class DiffusionObjective:
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # detached mean loss of the step's micro-batches on this process (not synchronised)
-    grad_norm: torch.Tensor | None  # total gradient norm before clipping, when clipping is on
+    grad_norm: torch.Tensor | None  # total gradient norm before clipping (unscaled under fp16)
+    nonfinite: str | None = None  # "loss" or "gradient" when that was not finite on some process: nothing changed
 
 
 @dataclass
@@ -328,6 +349,9 @@ class TrainingStep:
 
     The learning-rate scheduler is stepped here once per optimizer step (it is not prepared by accelerate, which
     would step it once per process), and not when a mixed-precision overflow made the optimizer skip its step.
+    A step whose loss or gradient is not finite on any process (all processes take the same decision) changes
+    nothing: no optimizer update, no learning-rate or EMA step, no timestep-sampler update. Under fp16 loss scaling a
+    non-finite gradient with a finite loss is an overflow, which the loss scaler skips and handles as usual.
     """
 
     accelerator: Accelerator
@@ -346,24 +370,48 @@ class TrainingStep:
     def __call__(self, micro_batches: Sequence[torch.Tensor]) -> StepOutput:
         accelerator = self.accelerator
         loss_sum = torch.zeros((), device=accelerator.device)
-        grad_norm = None
+        outputs: list[ObjectiveOutput] = []
         for x0 in micro_batches:
             with accelerator.accumulate(self.model):
                 output = self.objective(self.model, x0.to(accelerator.device, non_blocking=True), self.generators)
                 accelerator.backward(output.loss)
-                if accelerator.sync_gradients and self.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(self.parameters, self.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self._update_timestep_sampler(output)
-            loss_sum += output.loss.detach()
+                loss_sum += output.loss.detach()
+                outputs.append(output)
+                if accelerator.sync_gradients:
+                    grad_norm, nonfinite = self._update_if_finite(loss_sum)
         if not accelerator.sync_gradients:
             raise RuntimeError("gradient accumulation is out of step with the micro-batches of an optimizer step.")
+        step_output = StepOutput(loss=loss_sum / len(micro_batches), grad_norm=grad_norm, nonfinite=nonfinite)
+        if nonfinite is not None:
+            return step_output
+        for output in outputs:
+            self._update_timestep_sampler(output)
         if not accelerator.optimizer_step_was_skipped:
             self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.step(self.parameters)
-        return StepOutput(loss=loss_sum / len(micro_batches), grad_norm=grad_norm)
+        return step_output
+
+    def _update_if_finite(self, loss_sum: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        """Clip (or, with clipping off, only measure) the gradients, then step unless something is not finite."""
+        grad_norm = self.accelerator.clip_grad_norm_(self.parameters, self.max_grad_norm or math.inf)
+        nonfinite = self._nonfinite_part(loss_sum, grad_norm)
+        if nonfinite is None:
+            self.optimizer.step()
+        elif self.accelerator.scaler is not None:
+            self.accelerator.scaler.update()  # close the loss scaler's step: clipping unscaled the gradients
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, nonfinite
+
+    def _nonfinite_part(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor) -> str | None:
+        """Which part ("loss", "gradient") is not finite on some process, or None; the same on every process."""
+        flags = torch.stack([~torch.isfinite(loss_sum), ~torch.isfinite(grad_norm.to(loss_sum.device))])
+        bad_loss, bad_gradient = self.accelerator.reduce(flags.float(), "sum").tolist()
+        if bad_loss:
+            return "loss"
+        if bad_gradient and self.accelerator.scaler is None:
+            return "gradient"
+        return None
 
     def _update_timestep_sampler(self, output: ObjectiveOutput) -> None:
         """Feed the losses of all processes to a loss-aware sampler, so every process keeps the same state."""
@@ -390,6 +438,33 @@ def build_optimizer(
     )
 
 
+def set_optimizer_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    learning_rate: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    eps: float,
+) -> None:
+    """Apply the given hyper-parameters to an optimizer and its schedule restored from a checkpoint.
+
+    A restored optimizer keeps the values it was saved with; this makes `learning_rate` the base of the schedule
+    from the current step on (the current rate is rescaled by the ratio of the bases) and sets the AdamW settings.
+    """
+    for group, base in zip(optimizer.param_groups, lr_scheduler.base_lrs, strict=True):
+        group["lr"] *= learning_rate / base
+        group.update(initial_lr=learning_rate, betas=betas, weight_decay=weight_decay, eps=eps)
+    lr_scheduler.base_lrs = [learning_rate] * len(optimizer.param_groups)
+    lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite."""
+    flags = [torch.isfinite(tensor).all() for tensor in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -412,18 +487,98 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def resolve_resume_checkpoint(resume_from: str | None, output_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from: None, "latest" (None when there is none yet) or a checkpoint directory."""
+@dataclass
+class ResumeChoice:
+    """The checkpoint a run resumes from, whether its manifest verified it, and the newer ones that failed."""
+
+    path: Path
+    verified: bool  # False: written before manifests existed, so only its structure was checked
+    rejected: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints that failed, with the reason
+
+
+def resolve_resume_checkpoint(resume_from: str | None, output_dir: str | Path) -> ResumeChoice | None:
+    """The checkpoint to resume from, verified: None, "latest" or a checkpoint directory.
+
+    "latest" is the newest checkpoint in `output_dir` that verifies (None when there is none yet); a CheckpointError
+    when checkpoints exist but none verifies. A given directory that does not verify is a CheckpointError naming
+    the bad file.
+    """
     if resume_from is None:
         return None
-    if resume_from == "latest":
-        return latest_checkpoint(output_dir)
-    path = Path(resume_from)
-    if not (path / TRAINING_STATE_FILE).is_file():
-        raise ValueError(
-            f"--resume_from_checkpoint {resume_from}: not a finished checkpoint (no {TRAINING_STATE_FILE})."
-        )
-    return path
+    if resume_from != "latest":
+        path = Path(resume_from)
+        if not (path / TRAINING_STATE_FILE).is_file():
+            raise ValueError(
+                f"--resume_from_checkpoint {resume_from}: not a finished checkpoint (no {TRAINING_STATE_FILE})."
+            )
+        return ResumeChoice(path, verify_checkpoint(path))
+    rejected = []
+    for _, path in reversed(complete_checkpoints(output_dir)):
+        try:
+            return ResumeChoice(path, verify_checkpoint(path), rejected)
+        except CheckpointError as error:
+            rejected.append((path, str(error)))
+    if rejected:
+        reasons = " ".join(reason for _, reason in rejected)
+        raise CheckpointError(f"No checkpoint in {output_dir} can be resumed from: {reasons}")
+    return None
+
+
+def verify_checkpoint(path: str | Path) -> bool:
+    """Check a finished checkpoint before it is loaded; CheckpointError naming the first bad file.
+
+    Returns True when every file matches the size and SHA-256 of the manifest, False for a checkpoint written before
+    manifests existed: then only its structure is checked (its JSON files parse, its safetensors headers are
+    complete).
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        _check_structure(path)
+        return False
+    files = _read_json(manifest_path)["files"]
+    for name, expected in files.items():  # sizes first: cheap, and they catch truncation
+        size = (path / name).stat().st_size if (path / name).is_file() else None
+        if size is None:
+            raise CheckpointError(f"{path / name} is missing from the checkpoint.")
+        if size != expected["size"]:
+            raise CheckpointError(f"{path / name} has {size} bytes, its manifest records {expected['size']}.")
+    for name, expected in files.items():
+        if _fingerprint(path / name)["sha256"] != expected["sha256"]:
+            raise CheckpointError(f"{path / name} does not match its SHA-256 checksum in {manifest_path}.")
+    return True
+
+
+def _check_structure(path: Path) -> None:
+    """CheckpointError unless the JSON files of a checkpoint parse and its safetensors files are complete and finite
+    (earlier versions could checkpoint the weights of a diverged run)."""
+    for file in sorted(path.rglob("*.json")):
+        _read_json(file)
+    for file in sorted(path.rglob("*.safetensors")):
+        try:
+            tensors = load_file(str(file))
+        except SafetensorError as error:
+            raise CheckpointError(f"{file} is not a complete safetensors file ({error}).") from None
+        if not all_finite(tensor for tensor in tensors.values() if tensor.is_floating_point()):
+            raise CheckpointError(f"{file} holds non-finite values (saved after the run diverged).")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt: {error}).") from None
+
+
+def remove_unfinished_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary directories of checkpoint saves that were interrupted (killed); returns them."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    unfinished = sorted(path for path in output_dir.iterdir() if _TEMPORARY_NAME.fullmatch(path.name))
+    for path in unfinished:
+        shutil.rmtree(path)
+    return unfinished
 
 
 def save_checkpoint(
@@ -437,12 +592,31 @@ def save_checkpoint(
     """Write checkpoint `checkpoint-<step>` atomically; call on every process.
 
     Everything (accelerate's state, then `write_extra_state(directory)` on every process) goes to a temporary
-    directory that the main process renames once all files are written and flushed. Older checkpoints beyond
-    `total_limit` are then removed.
+    directory. Once all files are written, the main process flushes them to disk, records their sizes and SHA-256
+    in the manifest (the last file written) and renames the directory. Older checkpoints beyond `total_limit` are
+    then removed. A failed write removes the temporary directory and leaves the earlier checkpoints as they were;
+    a full disk or another OSError becomes a one-line TrainingError.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     temporary = output_dir / f".{final.name}{_TEMPORARY_SUFFIX}"
+    try:
+        with explained_write_errors(f"checkpoint {final.name}", output_dir):
+            _write_checkpoint(accelerator, temporary, write_extra_state)
+    except Exception:
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        prune_checkpoints(output_dir, total_limit, newest_step=step)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(accelerator: Accelerator, temporary: Path, write_extra_state: Callable[[Path], None]) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
@@ -451,28 +625,78 @@ def save_checkpoint(
     write_extra_state(temporary)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _flush_to_disk(temporary)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        prune_checkpoints(output_dir, total_limit)
-    accelerator.wait_for_everyone()
-    return final
+        files = {
+            path.relative_to(temporary).as_posix(): _fingerprint(path, flush=True)
+            for path in sorted(temporary.rglob("*"))
+            if path.is_file()
+        }
+        write_json(temporary / MANIFEST_FILE, {"format": 1, "files": files})
+        _fingerprint(temporary / MANIFEST_FILE, flush=True)
 
 
-def _flush_to_disk(directory: Path) -> None:
-    """fsync every file of `directory`, so that the rename publishes complete files even after a power loss."""
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+def _fingerprint(path: Path, *, flush: bool = False) -> dict[str, Any]:
+    """Size and SHA-256 of a file; with `flush`, also fsync it, so that a rename publishes it complete."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        if flush:
+            os.fsync(handle.fileno())
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
-def prune_checkpoints(output_dir: str | Path, total_limit: int | None) -> None:
-    """Delete the oldest finished checkpoints so that at most `total_limit` remain (None keeps all)."""
+@contextmanager
+def explained_write_errors(what: str, directory: Path) -> Iterator[None]:
+    """Turn a failed write of `what` into `directory` into a one-line TrainingError when the cause is clear.
+
+    A full disk (ENOSPC, a quota, or a write error with under 1 MiB left) says so; another OSError gives its
+    message; anything else propagates unchanged. Either way the message names the newest checkpoint left intact.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if disk_is_full(error, directory):
+            cause, remedy = "the disk is full", "once there is room"
+        elif isinstance(error, OSError):
+            cause, remedy = str(error), "once this is fixed"
+        else:
+            raise
+        message = f"Could not write {what} in {directory}: {cause}. {_intact_checkpoint_note(directory, remedy)}"
+        raise TrainingError(message) from error
+
+
+def disk_is_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write failed for want of space: torch and safetensors report ENOSPC in their own ways."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return True
+    if any(text in str(error) for text in _DISK_FULL_TEXTS):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _intact_checkpoint_note(output_dir: Path, remedy: str) -> str:
+    latest = latest_checkpoint(output_dir)
+    if latest is None:
+        return "There is no earlier checkpoint to resume from."
+    return f"The checkpoint {latest} is intact: resume from it with --resume_from_checkpoint latest {remedy}."
+
+
+def prune_checkpoints(output_dir: str | Path, total_limit: int | None, *, newest_step: int | None = None) -> None:
+    """Delete the oldest finished checkpoints so that at most `total_limit` remain (None keeps all).
+
+    With `newest_step` (the checkpoint just written), checkpoints of later steps are neither counted nor deleted:
+    they come from before a resume from an earlier checkpoint, and the one just written must never be the one
+    that goes.
+    """
     if total_limit is None:
         return
-    checkpoints = complete_checkpoints(output_dir)
+    checkpoints = [
+        (step, path) for step, path in complete_checkpoints(output_dir) if newest_step is None or step <= newest_step
+    ]
     for _, path in checkpoints[: max(0, len(checkpoints) - total_limit)]:
         shutil.rmtree(path)
 
