@@ -1,9 +1,9 @@
 """The support matrix of ddpm_plus: each session is one row of the README's "Supported versions" table.
 
-    pip install nox                    # or: pip install -e ".[matrix]"
-    nox                                # CI's sessions: minimum, wheel, python_floor (after the README's test command)
-    nox -s latest                      # the README's test environment, newest releases
-    nox -s "tests-3.10" "tests-3.13"   # other interpreters (needs python3.10 / python3.13 on PATH)
+    pip install nox                             # or: pip install -e ".[matrix]"
+    nox                                         # CI's sessions: minimum, wheel, python_floor
+    nox -s latest                               # the README's test environment, newest releases
+    nox -s tests-3.10 tests-3.12 tests-3.13     # other interpreters (python3.X on PATH)
 
 The lower bounds that pyproject.toml declares are read from it, so the minimum sessions install exactly the
 versions it states.
@@ -114,7 +114,7 @@ def python_floor(session: nox.Session) -> None:
     session.run("vermin", *options, f"-t={oldest_python()}-", *VERMIN_PATHS)
 
 
-@nox.session(python=["3.10", "3.13"])
+@nox.session(python=["3.10", "3.12", "3.13"])
 def tests(session: nox.Session) -> None:
     """Other interpreters, with PyPI's torch: the oldest Python also gets the declared minimum torch."""
     torch = declared_minimums()["torch"] if session.python == oldest_python() else "torch"

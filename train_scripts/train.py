@@ -1155,6 +1155,9 @@ def main(args: argparse.Namespace) -> int:
     _record_final_weights(trainer)
     save_outputs(trainer)
     logger.info(f"Done in {time.perf_counter() - started:.0f} s; outputs in {args.output_dir}.", main_process_only=True)
+    # The main process writes the outputs while the others wait here: they leave the process group together, so
+    # none is torn down while a peer still holds it (a shutdown race that could hang a process at exit).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
 
