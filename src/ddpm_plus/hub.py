@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from ddpm_plus import pipeline_ddpm_plus_posterior
-from ddpm_plus.pipeline_ddpm_plus import CODE_FILES, PIPELINE_FILE, source_file
+from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+from ddpm_plus.pipeline_ddpm_plus_posterior import DDPMPlusPosteriorPipeline
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -43,6 +43,8 @@ MODEL_CARD_TEMPLATE = Path(__file__).parent / "templates" / "ddpm_plus_model_car
 SAMPLE_GRID_FILE = "sample_grid.png"
 CARD_TAGS = ("ddpm_plus", "unconditional-image-generation", "diffusers", "ddpm", "diffusion")
 COMMUNITY_PIPELINE_FILE = "pipeline.py"
+# The community folders under pipelines/ and the pipeline class each one ships.
+COMMUNITY_PIPELINES = {"ddpm_plus": DDPMPlusPipeline, "ddpm_plus_posterior": DDPMPlusPosteriorPipeline}
 DEFAULT_COMMUNITY_DIRECTORY = Path("pipelines")
 
 TrainingSettings = Mapping[str, Any] | Iterable[tuple[str, Any]] | argparse.Namespace
@@ -242,15 +244,15 @@ def push_pipeline_to_hub(
 def community_pipeline_files() -> dict[str, dict[str, Path]]:
     """For each community pipeline folder, its files and the package source files they are copied from.
 
-    diffusers loads `pipeline.py` from the folder given as `custom_pipeline` and resolves its relative imports
-    (the base pipeline, the scheduler, the likelihood engine) next to it.
+    A folder holds what a saved directory of its pipeline class carries (`shipped_code_files`), with the class's own
+    file named `pipeline.py`: diffusers loads `pipeline.py` from the folder given as `custom_pipeline` and resolves
+    its relative imports (the base pipeline, the scheduler, the likelihood engine) next to it.
     """
-    modules = {name: source_file(kind) for kind, name in CODE_FILES.items() if kind != "pipeline"}
-    posterior = Path(pipeline_ddpm_plus_posterior.__file__)
-    return {
-        "ddpm_plus": {COMMUNITY_PIPELINE_FILE: source_file("pipeline"), **modules},
-        "ddpm_plus_posterior": {COMMUNITY_PIPELINE_FILE: posterior, PIPELINE_FILE: source_file("pipeline"), **modules},
-    }
+    folders = {}
+    for folder, pipeline_class in COMMUNITY_PIPELINES.items():
+        files = pipeline_class.shipped_code_files()
+        folders[folder] = {COMMUNITY_PIPELINE_FILE: files.pop(pipeline_class._code_file), **files}
+    return folders
 
 
 def export_community_pipelines(directory: str | Path = DEFAULT_COMMUNITY_DIRECTORY) -> list[Path]:
