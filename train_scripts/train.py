@@ -683,10 +683,9 @@ class Trainer:
         )
         self.step_fn.objective.timestep_sampler.load_state_dict(state["timestep_sampler"])
         if self.ema is not None:
-            ema_state = {**state["ema"], "decay": args.ema_max_decay, "inv_gamma": args.ema_inv_gamma}
-            load_ema_state(
-                self.ema, self.parameter_names(), path / EMA_WEIGHTS_FILE, ema_state | {"power": args.ema_power}
-            )
+            # The checkpoint's step count, with the decay settings of this run.
+            decay = {"decay": args.ema_max_decay, "inv_gamma": args.ema_inv_gamma, "power": args.ema_power}
+            load_ema_state(self.ema, self.parameter_names(), path / EMA_WEIGHTS_FILE, {**state["ema"], **decay})
         load_generators(self.step_fn.generators, path, self.accelerator.process_index)
         self.global_step = state["global_step"]
         self.skipped_steps = state.get("skipped_steps", [])
