@@ -86,6 +86,7 @@ from ddpm_plus.training import (
     load_ema_state,
     load_generators,
     optimizer_step_batches,
+    process_group_lifetime,
     remove_unfinished_checkpoints,
     resolve_resume_checkpoint,
     save_checkpoint,
@@ -1136,28 +1137,27 @@ def main(args: argparse.Namespace) -> int:
         project_dir=args.output_dir,
         report_to=None if args.report_to == "none" else args.report_to,
     )
-    trainer = build_trainer(args, setup, accelerator)
-    prepare_output_dir(args, accelerator)
-    trainer.resume()
-    if args.debug_record_dir is not None:
-        Path(args.debug_record_dir).mkdir(parents=True, exist_ok=True)
-    accelerator.init_trackers("ddpm_plus", config=tracker_config(args))
-    logger.info(
-        f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} torch thread(s) each; "
-        f"{len(setup.train_set)} training images, {trainer.batch_sampler.images_per_step} per step, "
-        f"{trainer.batch_sampler.steps_per_epoch} steps per epoch, {trainer.max_train_steps} steps; "
-        f"{sum(p.numel() for p in trainer.unet.parameters()):,} parameters.",
-        main_process_only=True,
-    )
-    started = time.perf_counter()
-    train(trainer)
-    _record_final_weights(trainer)
-    save_outputs(trainer)
-    logger.info(f"Done in {time.perf_counter() - started:.0f} s; outputs in {args.output_dir}.", main_process_only=True)
-    # The main process writes the outputs while the others wait here: they leave the process group together, so
-    # none is torn down while a peer still holds it (a shutdown race that could hang a process at exit).
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    with process_group_lifetime(accelerator):
+        trainer = build_trainer(args, setup, accelerator)
+        prepare_output_dir(args, accelerator)
+        trainer.resume()
+        if args.debug_record_dir is not None:
+            Path(args.debug_record_dir).mkdir(parents=True, exist_ok=True)
+        accelerator.init_trackers("ddpm_plus", config=tracker_config(args))
+        logger.info(
+            f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} torch thread(s) each; "
+            f"{len(setup.train_set)} training images, {trainer.batch_sampler.images_per_step} per step, "
+            f"{trainer.batch_sampler.steps_per_epoch} steps per epoch, {trainer.max_train_steps} steps; "
+            f"{sum(p.numel() for p in trainer.unet.parameters()):,} parameters.",
+            main_process_only=True,
+        )
+        started = time.perf_counter()
+        train(trainer)
+        _record_final_weights(trainer)
+        save_outputs(trainer)
+        logger.info(
+            f"Done in {time.perf_counter() - started:.0f} s; outputs in {args.output_dir}.", main_process_only=True
+        )
     return 0
 
 

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,6 +137,35 @@ def create_accelerator(
     )
     check_world_size(accelerator.num_processes)
     return accelerator
+
+
+# How long the main thread sleeps, without the GIL, before a process group is freed (see `process_group_lifetime`).
+_COLLECTIVE_SETTLE_SECONDS = 1.0
+
+
+@contextmanager
+def process_group_lifetime(accelerator: Accelerator) -> Iterator[None]:
+    """Run the body, then leave the process group without the exit hang of gloo.
+
+    After a successful body every process waits for the others (the main one may still be writing outputs), so that
+    they leave together; then the trackers and the process group are closed. With several processes the main thread
+    first sleeps briefly, on success and on error: gloo's worker threads free each finished collective after waking
+    its caller, and freeing a tensor created in Python takes the GIL. If the process group were freed (with the DDP
+    model) meanwhile, its destructor would join those threads while holding the GIL, and the process would hang.
+    """
+    try:
+        yield
+    except BaseException:
+        _let_collectives_settle(accelerator)
+        raise
+    accelerator.wait_for_everyone()
+    _let_collectives_settle(accelerator)
+    accelerator.end_training()
+
+
+def _let_collectives_settle(accelerator: Accelerator) -> None:
+    if accelerator.num_processes > 1:
+        time.sleep(_COLLECTIVE_SETTLE_SECONDS)
 
 
 def derived_seed(*keys: int) -> int:
