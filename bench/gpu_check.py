@@ -5,17 +5,17 @@
     python bench/gpu_check.py --dry-run --out /tmp/gpu-check-dry   # every part at toy size on the CPU, < 2 min
     python bench/gpu_check.py --parts a,d --out bench/results/gpu  # some parts only
 
-The GPU run uses the 35.7M-parameter `ddpm-cifar10` UNet at 32x32 (random weights except in (b)); the dry run the
-45k-parameter `test-tiny` UNet at 16x16, so that the whole script is known to work before a GPU is used.
+The GPU run uses the 35.7M-parameter `ddpm-cifar10` UNet at 32x32 (random weights except in (b)); the dry run a
+45k-parameter UNet at 16x16 (DRY_RUN_UNET_CONFIG), so that the whole script is known to work before a GPU is used.
 
 (a) Training throughput in bf16, batch 128: our training step against diffusers' train_unconditional recipe in the
     same run (the loops of bench/train_throughput.py, alternated in rounds), then ours with torch.compile.
     Images/s, the ratio, each loop's peak memory and the dtype its convolutions ran in. Goal: >= 4,000 images/s
     and >= 1.2x the recipe.
 (b) train_scripts/train.py in bf16 with --deterministic on the embedded digits (`ddpm-cifar10` at 32x32, RGB):
-    200 steps uninterrupted, and a run killed (SIGKILL) right after its checkpoint at step 100 and resumed with
-    --resume_from_checkpoint latest. The final weights and EMA weights are compared (bitwise; max |difference|),
-    with torch's warnings about ops that have no deterministic implementation.
+    200 steps uninterrupted, and a run killed (SIGKILL, sent as soon as its checkpoint at step 100 is on disk) and
+    resumed with --resume_from_checkpoint latest. The final weights and EMA weights are compared (bitwise; max
+    |difference|), with torch's warnings about ops that have no deterministic implementation.
 (c) Sampling: DDPMPlusPipeline against diffusers' DDPMPipeline (same UNet, same seed), bitwise, with a CPU and a
     CUDA generator; fp16 and bf16 UNets give finite images; a CUDA generator with a CPU pipeline fails as in
     diffusers.
@@ -64,7 +64,8 @@ from ddpm_plus.data import load_image_dataset
 from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.models import unet_config
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
-from ddpm_plus.training import EMA_WEIGHTS_FILE, latest_checkpoint, write_json
+from ddpm_plus.training import EMA_WEIGHTS_FILE, latest_checkpoint
+from ddpm_plus.utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = REPO / "train_scripts" / "train.py"
@@ -81,6 +82,17 @@ CPU_HINT = "run it on a GPU machine, or check the script on the CPU at toy sizes
 # implementation, ...", or e.g. "Memory Efficient attention defaults to a non-deterministic algorithm. ..."
 DETERMINISM_WARNING = re.compile(r"UserWarning: ([^\n]*deterministic[^\n]*)")
 WARNING_CHARACTERS = 160
+KILL_POLL_SECONDS = 0.01  # how often (b) looks for the checkpoint after which it kills the run
+# The dry run's UNet: digits-16's layout for 16x16 RGB images, cut to two levels of 8 and 16 channels (attention at
+# 8x8 and in the middle block). 45,259 parameters: every part runs in seconds on a CPU.
+DRY_RUN_UNET_CONFIG = unet_config(
+    "digits-16",
+    in_channels=3,
+    block_out_channels=(8, 16),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=4,
+)
 
 Step = Callable[[torch.Tensor], None]
 Result = TypeVar("Result")
@@ -93,7 +105,8 @@ Result = TypeVar("Result")
 class Sizes:
     """What each part runs: the GPU sizes or the toy sizes of --dry-run."""
 
-    model_config: str  # the UNet of every part
+    model_config: str  # the name of the UNet of every part, for the report
+    unet_config: dict[str, Any]  # its UNet2DModel config
     budgets_s: dict[str, float]  # seconds per part; the GPU budgets add up to well under 8 minutes
     # (a) training throughput
     train_batch_size: int
@@ -101,7 +114,7 @@ class Sizes:
     rounds: int
     warmup_steps: int
     compile_backend: str
-    # (b) checkpoint and resume: killed after the checkpoint at half the steps
+    # (b) checkpoint and resume: killed once the checkpoint at half the steps is written
     resume_steps: int
     resume_batch_size: int
     resume_timesteps: int
@@ -120,7 +133,8 @@ class Sizes:
 
 # Each setting as (GPU run, dry run), side by side.
 _SETTINGS: dict[str, tuple[Any, Any]] = {
-    "model_config": ("ddpm-cifar10", "test-tiny"),
+    "model_config": ("ddpm-cifar10", "dry-run-tiny"),
+    "unet_config": (unet_config("ddpm-cifar10"), DRY_RUN_UNET_CONFIG),
     "budgets_s": (
         {"a": 170, "b": 140, "c": 35, "d": 70, "e": 25, "f": 5},  # 7.4 minutes in all
         {"a": 60, "b": 90, "c": 30, "d": 30, "e": 30, "f": 5},
@@ -131,7 +145,9 @@ _SETTINGS: dict[str, tuple[Any, Any]] = {
     "warmup_steps": (3, 1),
     # aot_eager runs dynamo and AOTAutograd without code generation (inductor takes ~2 minutes on 2 CPU cores)
     "compile_backend": ("inductor", "aot_eager"),
-    "resume_steps": (200, 4),
+    # (b) kills a run once its checkpoint at half the steps is written: the dry run's other 10 steps take ~0.5 s on a
+    # CPU, ample time to kill it before its last checkpoint
+    "resume_steps": (200, 20),
     "resume_batch_size": (64, 8),
     "resume_timesteps": (1000, 20),
     "resume_extra_args": ((), ("--num_threads", "1")),
@@ -165,15 +181,14 @@ def gib(num_bytes: int) -> float:
     return num_bytes / 2**30
 
 
-def new_unet(model_config: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> UNet2DModel:
+def new_unet(config: dict[str, Any], device: torch.device | str, dtype: torch.dtype = torch.float32) -> UNet2DModel:
     """The same randomly initialised UNet on every call (seed 0), in eval mode."""
     torch.manual_seed(0)
-    return UNet2DModel.from_config(unet_config(model_config)).to(device=device, dtype=dtype).eval()
+    return UNet2DModel.from_config(config).to(device=device, dtype=dtype).eval()
 
 
-def held_out_digits(model_config: str, count: int) -> torch.Tensor:
+def held_out_digits(config: dict[str, Any], count: int) -> torch.Tensor:
     """The first `count` held-out digits at the model's size as RGB, on the 8-bit grid in [-1, 1], on the CPU."""
-    config = unet_config(model_config)
     dataset = load_image_dataset("digits", resolution=config["sample_size"], num_channels=3, split="test")
     return torch.stack([dataset[index] for index in range(count)])
 
@@ -244,7 +259,7 @@ def throughput(seconds_per_step: float, batch_size: int) -> dict[str, float]:
 def check_training_throughput(context: Context, results: dict[str, Any]) -> str:
     sizes, device = context.sizes, context.device
     accelerator = Accelerator(cpu=not context.on_cuda, mixed_precision="bf16")
-    config = unet_config(sizes.model_config)
+    config = sizes.unet_config
     batches = random_8bit_batches(config, sizes.train_batch_size, sizes.steps_per_round, accelerator.device)
     results.update(
         model_config=sizes.model_config,
@@ -287,10 +302,11 @@ def check_training_throughput(context: Context, results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- (b) resume
 
 
-def training_arguments(sizes: Sizes, output_dir: Path) -> list[str]:
-    """The training script's arguments of (b): bf16, deterministic, checkpoints at half and at the end."""
+def training_arguments(sizes: Sizes, output_dir: Path, config_file: Path) -> list[str]:
+    """The training script's arguments of (b): the UNet config file, bf16, deterministic, checkpoints at half and at
+    the end."""
     return [
-        "--output_dir", str(output_dir), "--model_config", sizes.model_config, "--mixed_precision", "bf16",
+        "--output_dir", str(output_dir), "--model_config", str(config_file), "--mixed_precision", "bf16",
         "--deterministic", "--max_train_steps", str(sizes.resume_steps),
         "--checkpointing_steps", str(sizes.resume_steps // 2), "--train_batch_size", str(sizes.resume_batch_size),
         "--num_train_timesteps", str(sizes.resume_timesteps), "--learning_rate", str(LEARNING_RATE),
@@ -300,19 +316,42 @@ def training_arguments(sizes: Sizes, output_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_training(context: Context, arguments: list[str], expected_returncode: int) -> tuple[str, float]:
-    """Run the training script as a subprocess; its stderr (the log) and wall time. RuntimeError on another exit."""
+def training_command(context: Context, arguments: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command and the environment that run the training script on the context's device."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if not context.on_cuda:
         environment["CUDA_VISIBLE_DEVICES"] = ""
-    command = [sys.executable, str(TRAIN_SCRIPT), *arguments]
+    return [sys.executable, str(TRAIN_SCRIPT), *arguments], environment
+
+
+def run_training(context: Context, arguments: list[str]) -> tuple[str, float]:
+    """Run the training script as a subprocess; its stderr (the log) and wall time. RuntimeError unless it succeeds."""
+    command, environment = training_command(context, arguments)
     started = time.perf_counter()
     result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=REPO)
-    if result.returncode != expected_returncode:
-        raise RuntimeError(
-            f"train.py exited with {result.returncode} instead of {expected_returncode}: {result.stderr[-2000:]}"
-        )
+    if result.returncode != 0:
+        raise RuntimeError(f"train.py exited with {result.returncode}: {result.stderr[-2000:]}")
     return result.stderr, time.perf_counter() - started
+
+
+def run_training_until(context: Context, arguments: list[str], checkpoint: Path) -> tuple[str, float]:
+    """Run the training script as a subprocess and SIGKILL it as soon as `checkpoint` is on disk (a checkpoint gets
+    its name once it is complete); its stderr (the log) and wall time. RuntimeError when it ends by itself."""
+    command, environment = training_command(context, arguments)
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe that nobody reads would stall the run
+        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
+        try:
+            while process.poll() is None and not checkpoint.is_dir():
+                time.sleep(KILL_POLL_SECONDS)
+        finally:  # also when the part runs out of time
+            process.kill()
+            process.wait()
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
+    if process.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"train.py exited with {process.returncode} before it was killed: {stderr[-2000:]}")
+    return stderr, time.perf_counter() - started
 
 
 def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -341,20 +380,23 @@ def check_checkpoint_resume(context: Context, results: dict[str, Any]) -> str:
     )
     with tempfile.TemporaryDirectory(prefix="gpu_check_resume_") as work:
         straight, interrupted = Path(work) / "straight", Path(work) / "interrupted"
+        config_file = Path(work) / "unet.json"
+        write_json(config_file, sizes.unet_config)
         logs: dict[str, str] = {}
         seconds: dict[str, float] = {}
         logs["uninterrupted"], seconds["uninterrupted"] = run_training(
-            context, training_arguments(sizes, straight), expected_returncode=0
+            context, training_arguments(sizes, straight, config_file)
         )
-        kill = ["--debug_kill_after_step", str(half)]
-        logs["killed"], seconds["killed"] = run_training(
-            context, training_arguments(sizes, interrupted) + kill, expected_returncode=-signal.SIGKILL
+        logs["killed"], seconds["killed"] = run_training_until(
+            context, training_arguments(sizes, interrupted, config_file), interrupted / f"checkpoint-{half}"
         )
-        if latest_checkpoint(interrupted) != interrupted / f"checkpoint-{half}":
-            raise RuntimeError(f"the killed run left no checkpoint-{half} to resume from.")
+        latest = latest_checkpoint(interrupted)
+        if latest != interrupted / f"checkpoint-{half}":
+            expected = f"checkpoint-{half}"
+            raise RuntimeError(f"the run was killed too late: its latest checkpoint is {latest}, not {expected}.")
         resume = ["--resume_from_checkpoint", "latest"]
         logs["resumed"], seconds["resumed"] = run_training(
-            context, training_arguments(sizes, interrupted) + resume, expected_returncode=0
+            context, training_arguments(sizes, interrupted, config_file) + resume
         )
         if f"at step {half}." not in logs["resumed"]:
             raise RuntimeError(f"the second run did not resume at step {half}: {logs['resumed'][-2000:]}")
@@ -416,7 +458,7 @@ def check_sampling(context: Context, results: dict[str, Any]) -> str:
     sizes, device = context.sizes, context.device
     batch, steps = sizes.sample_batch_size, sizes.sample_steps
     results.update(model_config=sizes.model_config, batch_size=batch, num_inference_steps=steps)
-    unet = new_unet(sizes.model_config, device)
+    unet = new_unet(sizes.unet_config, device)
     for generator_device in ("cpu", "cuda") if context.on_cuda else ("cpu",):
         ours, seconds = timed(
             functools.partial(sample_seeded, DDPMPlusPipeline, unet, generator_device, sizes, "np"), device
@@ -427,7 +469,7 @@ def check_sampling(context: Context, results: dict[str, Any]) -> str:
             "images_per_s": batch / seconds,
         }
     for dtype in (torch.float16, torch.bfloat16):
-        half = new_unet(sizes.model_config, device, dtype)
+        half = new_unet(sizes.unet_config, device, dtype)
         images, seconds = timed(functools.partial(sample_seeded, DDPMPlusPipeline, half, device, sizes, "pt"), device)
         results[str(dtype).removeprefix("torch.")] = {
             "finite": bool(torch.isfinite(images).all()),
@@ -435,7 +477,7 @@ def check_sampling(context: Context, results: dict[str, Any]) -> str:
             "output_type_pil": one_step_outcome(DDPMPlusPipeline, half, seeded_generator(device), "pil"),
         }
     if context.on_cuda:
-        errors = generator_mismatch_errors(new_unet(sizes.model_config, "cpu"), seeded_generator(device))
+        errors = generator_mismatch_errors(new_unet(sizes.unet_config, "cpu"), seeded_generator(device))
         results["cuda generator, cpu pipeline"] = errors | {"same_as_diffusers": len(set(errors.values())) == 1}
     return OK
 
@@ -464,10 +506,10 @@ def exact_bound(unet: UNet2DModel, images: torch.Tensor, timesteps: int, max_bat
 
 def check_likelihood(context: Context, results: dict[str, Any]) -> str:
     sizes, device = context.sizes, context.device
-    unet = new_unet(sizes.model_config, device)
-    images = held_out_digits(sizes.model_config, max(sizes.check_images, sizes.speed_images))
+    unet = new_unet(sizes.unet_config, device)
+    images = held_out_digits(sizes.unet_config, max(sizes.check_images, sizes.speed_images))
     checked, chunk = images[: sizes.check_images], sizes.likelihood_batch_size
-    reference = exact_bound(new_unet(sizes.model_config, "cpu", torch.float64), checked, sizes.check_timesteps, chunk)
+    reference = exact_bound(new_unet(sizes.unet_config, "cpu", torch.float64), checked, sizes.check_timesteps, chunk)
     results["check"] = {
         "images": len(checked),
         "timesteps": sizes.check_timesteps,
@@ -506,12 +548,12 @@ def inpaint(unet: UNet2DModel, truth: torch.Tensor, mask: torch.Tensor, steps: i
 
 def check_posterior(context: Context, results: dict[str, Any]) -> str:
     sizes, device = context.sizes, context.device
-    truth = held_out_digits(sizes.model_config, sizes.sample_batch_size)
+    truth = held_out_digits(sizes.unet_config, sizes.sample_batch_size)
     mask = torch.ones_like(truth)
     mask[..., truth.shape[-1] // 2 :] = 0  # the right half is missing
     results.update(operator="inpainting", batch_size=len(truth), num_inference_steps=sizes.posterior_steps)
     for dtype in (torch.float32, torch.bfloat16):
-        unet = new_unet(sizes.model_config, device, dtype)
+        unet = new_unet(sizes.unet_config, device, dtype)
         images, seconds = timed(functools.partial(inpaint, unet, truth, mask, sizes.posterior_steps), device)
         results[str(dtype).removeprefix("torch.")] = {
             "finite": bool(torch.isfinite(images).all()),

@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from ddpm_plus.bound_estimation import estimate_bound, pilot_profile, pilot_timesteps
 from ddpm_plus.cli_bpd import image_generators
 from ddpm_plus.data import load_image_dataset
-from ddpm_plus.likelihood import estimate_bound, pilot_profile, pilot_timesteps, variational_bound
+from ddpm_plus.likelihood import variational_bound
 from ddpm_plus.models import unet_config
 from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler, discretized_gaussian_log_likelihood

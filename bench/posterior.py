@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ddpm_plus import DDPMPlusPosteriorPipeline
 from ddpm_plus.data import load_image_dataset
+from ddpm_plus.pipeline_ddpm_plus import image_size
 from ddpm_plus.pipeline_ddpm_plus_posterior import InpaintingOperator, LinearOperator, SuperResolutionOperator
 
 
@@ -51,7 +52,9 @@ def main() -> None:
 
     pipe = DDPMPlusPosteriorPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.unet.config.sample_size
+    size, width = image_size(pipe.unet.config.sample_size)
+    if size != width:
+        raise ValueError(f"the digits are square; the model takes {size}x{width} images.")
     train = stack(load_image_dataset("digits", resolution=size, split="train"), 2000)
     truth = stack(load_image_dataset("digits", resolution=size, split="test"), args.num_images)
     data_variance = float(train.var())

@@ -1,4 +1,4 @@
-"""Tiny models and inputs shared by the pipeline and Hub tests (milliseconds per network call on a CPU)."""
+"""Tiny models and inputs shared by the pipeline, likelihood and Hub tests (milliseconds per network call on a CPU)."""
 
 import numpy as np
 import torch
@@ -27,6 +27,27 @@ def tiny_unet(
         norm_num_groups=4,
     )
     return unet.to(dtype).eval()
+
+
+def ddpm_unet(in_channels: int = 3, dropout: float = 0.0) -> UNet2DModel:
+    """A 16x16 UNet2DModel of 45,259 parameters (3 channels) with the DDPM network's conventions: attention at the
+    lower resolution, sinusoidal time embedding without the sin/cos flip. Initialised from torch's global seed."""
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        dropout=dropout,
+        norm_num_groups=4,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        downsample_padding=0,
+        attention_head_dim=None,
+        norm_eps=1e-6,
+    )
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pipeline_fixtures import ddpm_unet
 
-from ddpm_plus import DDPMPlusScheduler, build_unet, cli
+from ddpm_plus import DDPMPlusScheduler, cli
 from ddpm_plus.cli import main
 
 HEAVY_MODULES = ("torch", "diffusers", "numpy")
@@ -128,7 +129,7 @@ def test_writable_output_locations_pass_and_create_nothing(tmp_path: Path) -> No
 def test_bpd_refuses_16_bit_and_float_images_naming_them(tmp_path: Path, capsys) -> None:
     """Once flattened to white (16-bit) or black (float) and scored; now one line naming the files and modes."""
     torch.manual_seed(0)
-    build_unet("test-tiny", in_channels=1).save_pretrained(tmp_path / "model" / "unet")
+    ddpm_unet(in_channels=1).save_pretrained(tmp_path / "model" / "unet")
     DDPMPlusScheduler(num_train_timesteps=20).save_pretrained(tmp_path / "model" / "scheduler")
     (tmp_path / "data").mkdir()
     Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(tmp_path / "data" / "grey16.png")

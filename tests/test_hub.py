@@ -1,10 +1,11 @@
 """Saving and loading DDPMPlusPipeline: safetensors round trips, self-contained directories that load with plain
-diffusers (ddpm_plus hidden), plain DDPM directories, community pipelines, model cards and Hub uploads."""
+diffusers (ddpm_plus hidden), plain DDPM directories, the community folder, model cards and Hub uploads."""
 
+import ast
+import importlib.metadata
 import json
 import logging
-import os
-import subprocess
+import re
 import sys
 from pathlib import Path
 
@@ -13,13 +14,18 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
+from fresh_process import BLOCK_DDPM_PLUS, fresh_process
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 from pipeline_fixtures import SCHEDULER_CONFIG, generators, random_uint8_images, tiny_unet
 
 import ddpm_plus
-import ddpm_plus.hub as hub
-from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, source_file
+import ddpm_plus.pipeline_ddpm_plus as pipeline_module
+from ddpm_plus import community, likelihood
+from ddpm_plus.hub import push_pipeline_to_hub
+from ddpm_plus.model_card import MODEL_CARD_TEMPLATE, write_model_card
+from ddpm_plus.pipeline_ddpm_plus import HUB_UPLOAD_ENTRY_POINT, DDPMPlusPipeline, source_file
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
+from ddpm_plus.utils import public_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -69,15 +75,6 @@ def public_config(component) -> dict:
 
 def relative_files(directory: Path) -> set[str]:
     return {path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file()}
-
-
-def fresh_process(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HOME": str(cwd / "hf_home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -186,29 +183,6 @@ def test_ddpm_pipeline_with_our_scheduler_reloads_in_a_fresh_process(tmp_path):
 # Plain diffusers, ddpm_plus not importable: trust_remote_code and custom_pipeline
 # ------------------------------------------------------------------------------------------------------------------
 
-# Prepended to the fresh-process scripts: ddpm_plus cannot be imported there (as in an environment without it, however
-# it was installed), while the rest of the environment stays importable.
-_BLOCK_DDPM_PLUS = """
-import importlib.abc
-import sys
-
-
-class BlockDdpmPlus(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "ddpm_plus":
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None
-
-
-sys.meta_path.insert(0, BlockDdpmPlus())
-try:
-    import ddpm_plus  # noqa: F401
-
-    hidden = False
-except ModuleNotFoundError:
-    hidden = True
-"""
-
 _PLAIN_DIFFUSERS_SCRIPT = """
 import json
 import os
@@ -233,18 +207,19 @@ def name(obj):
     return type(obj).__module__ + "." + type(obj).__name__
 
 
-pipe = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
-np.save(os.path.join(out, "images.npy"), images(pipe))
 pixels = np.load(os.path.join(out, "pixels.npy"))
-bound = pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim
-np.save(os.path.join(out, "bits_per_dim.npy"), bound.numpy())
-pipe.save_pretrained(os.path.join(out, "resaved"))
-
+# The community folder first, as the first remote code of the process: nothing is in diffusers' module cache yet.
 community_pipe = DiffusionPipeline.from_pretrained(plain, custom_pipeline=community, trust_remote_code=True)
 np.save(os.path.join(out, "community_images.npy"), images(community_pipe))
 community_pipe.set_progress_bar_config(disable=True)
 community_bound = community_pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim
 np.save(os.path.join(out, "community_bits_per_dim.npy"), community_bound.numpy())
+
+pipe = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+np.save(os.path.join(out, "images.npy"), images(pipe))
+bound = pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim
+np.save(os.path.join(out, "bits_per_dim.npy"), bound.numpy())
+pipe.save_pretrained(os.path.join(out, "resaved"))
 
 report = {{
     "hidden": hidden,
@@ -261,12 +236,12 @@ with open(os.path.join(out, "report.json"), "w") as file:
 
 @pytest.fixture(scope="module")
 def plain_diffusers_run(saved, plain_ddpm_directory, tmp_path_factory) -> tuple[Path, dict]:
-    """Run the saved directory and the community pipeline in a fresh process that cannot import ddpm_plus."""
+    """Run the community folder and a freshly saved directory in a fresh process that cannot import ddpm_plus."""
     out = tmp_path_factory.mktemp("plain_run")
     np.save(out / "pixels.npy", random_uint8_images(2))
-    script = _BLOCK_DDPM_PLUS + _PLAIN_DIFFUSERS_SCRIPT.format(seeds=SEEDS, steps=STEPS)
-    community = REPO_ROOT / "pipelines" / "ddpm_plus"
-    fresh_process(script, str(saved[0]), str(plain_ddpm_directory[0]), str(community), str(out), cwd=out)
+    script = BLOCK_DDPM_PLUS + _PLAIN_DIFFUSERS_SCRIPT.format(seeds=SEEDS, steps=STEPS)
+    folder = REPO_ROOT / "pipelines" / "ddpm_plus"
+    fresh_process(script, str(saved[0]), str(plain_ddpm_directory[0]), str(folder), str(out), cwd=out)
     return out, json.loads((out / "report.json").read_text())
 
 
@@ -297,9 +272,10 @@ def test_directory_saved_without_ddpm_plus_round_trips(saved, plain_diffusers_ru
     assert np.array_equal(sample(loaded), sample(saved[1]))
 
 
-def test_community_pipeline_loads_a_plain_ddpm_directory(plain_ddpm_directory, plain_diffusers_run):
+def test_community_folder_loads_a_plain_ddpm_directory(plain_ddpm_directory, plain_diffusers_run):
+    """`custom_pipeline="pipelines/ddpm_plus"` runs the folder's `pipeline.py`, which imports DDPMPlusPipeline."""
     out, report = plain_diffusers_run
-    assert report["community_pipeline"] == "diffusers_modules.local.pipeline.DDPMPlusPipeline"
+    assert report["community_pipeline"] == "diffusers_modules.local.pipeline_ddpm_plus.DDPMPlusPipeline"
     assert report["community_scheduler"] == "diffusers_modules.local.scheduling_ddpm_plus.DDPMPlusScheduler"
     directory, ddpm_images = plain_ddpm_directory
     assert np.array_equal(np.load(out / "community_images.npy"), ddpm_images)
@@ -322,7 +298,7 @@ torch.set_num_threads(1)
 plain, community, out = sys.argv[1:4]
 pipe = DiffusionPipeline.from_pretrained(plain, custom_pipeline=community, trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
-print(type(pipe).__name__)
+print(type(pipe).__module__ + "." + type(pipe).__name__)
 measurement = torch.from_numpy(np.load(os.path.join(out, "measurement.npy")))
 images = pipe(measurement, "super_resolution", factor=2, num_inference_steps={steps},
               generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -333,19 +309,20 @@ np.save(os.path.join(out, "posterior_bits_per_dim.npy"), bound.numpy())
 """
 
 
-def test_posterior_community_pipeline_loads_with_an_empty_module_cache(plain_ddpm_directory, tmp_path):
-    """diffusers copies only the modules that a local community pipeline.py names itself: the posterior folder must
-    load, sample and compute bits/dim as the first remote code of a fresh process (nothing cached before it)."""
+def test_posterior_community_file_loads_with_an_empty_module_cache(plain_ddpm_directory, tmp_path):
+    """`custom_pipeline="pipelines/ddpm_plus/pipeline_ddpm_plus_posterior.py"`: diffusers copies only the modules that
+    the file it runs names itself, so the posterior pipeline must load from the community folder, sample and compute
+    bits/dim as the first remote code of a fresh process (nothing cached before it)."""
     from ddpm_plus.pipeline_ddpm_plus_posterior import DDPMPlusPosteriorPipeline
 
     directory, _ = plain_ddpm_directory
     measurement = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
     np.save(tmp_path / "measurement.npy", measurement.numpy())
     np.save(tmp_path / "pixels.npy", random_uint8_images(1))
-    community = REPO_ROOT / "pipelines" / "ddpm_plus_posterior"
-    script = _BLOCK_DDPM_PLUS + _POSTERIOR_COMMUNITY_SCRIPT.format(steps=STEPS)
-    result = fresh_process(script, str(directory), str(community), str(tmp_path), cwd=tmp_path)
-    assert result.stdout.split() == ["DDPMPlusPosteriorPipeline"]
+    module = REPO_ROOT / "pipelines" / "ddpm_plus" / "pipeline_ddpm_plus_posterior.py"
+    script = BLOCK_DDPM_PLUS + _POSTERIOR_COMMUNITY_SCRIPT.format(steps=STEPS)
+    result = fresh_process(script, str(directory), str(module), str(tmp_path), cwd=tmp_path)
+    assert result.stdout.split() == ["diffusers_modules.local.pipeline_ddpm_plus_posterior.DDPMPlusPosteriorPipeline"]
 
     pipe = DDPMPlusPosteriorPipeline.from_pretrained(directory)
     pipe.set_progress_bar_config(disable=True)
@@ -431,7 +408,7 @@ pipe.save_pretrained(os.path.join(out, "resaved"))
 
 def test_posterior_pipeline_reloads_as_itself_with_plain_diffusers(saved_posterior, tmp_path):
     directory, pipe = saved_posterior
-    script = _BLOCK_DDPM_PLUS + _POSTERIOR_SAVED_SCRIPT.format(seeds=SEEDS, steps=STEPS)
+    script = BLOCK_DDPM_PLUS + _POSTERIOR_SAVED_SCRIPT.format(seeds=SEEDS, steps=STEPS)
     result = fresh_process(script, str(directory), str(tmp_path), cwd=tmp_path)
     assert result.stdout.split() == ["diffusers_modules.local.pipeline_ddpm_plus_posterior.DDPMPlusPosteriorPipeline"]
     assert np.array_equal(np.load(tmp_path / "images.npy"), posterior_samples(pipe))
@@ -496,30 +473,81 @@ def test_no_private_diffusers_method_is_overridden():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Community-pipeline files: generated from the package sources
+# What ships: the community folder, generated from the package sources, and one-way imports
 # ------------------------------------------------------------------------------------------------------------------
 
-
-def test_shipped_community_pipeline_files_match_their_sources():
-    folders = hub.community_pipeline_files()
-    assert set(folders) == {"ddpm_plus", "ddpm_plus_posterior"}
-    shared = {"scheduling_ddpm_plus.py", "likelihood.py"}
-    assert set(folders["ddpm_plus"]) == {"pipeline.py", *shared}
-    assert set(folders["ddpm_plus_posterior"]) == {"pipeline.py", "pipeline_ddpm_plus.py", *shared}
-    for folder, files in folders.items():
-        for name, source in files.items():
-            assert (REPO_ROOT / "pipelines" / folder / name).read_bytes() == source.read_bytes(), (
-                f"pipelines/{folder}/{name} is stale: run `python -m ddpm_plus.hub export-community`"
-            )
+SHIPPED_FILES = {"pipeline_ddpm_plus.py", "pipeline_ddpm_plus_posterior.py", "scheduling_ddpm_plus.py", "likelihood.py"}
+# What shipped code may import besides its sibling modules: the standard library and the libraries it runs on.
+SHIPPED_CODE_LIBRARIES = {"torch", "numpy", "diffusers", "huggingface_hub", "tqdm", "torch_xla"}
 
 
-def test_export_community_command_writes_the_files(tmp_path, capsys):
-    assert hub.main(["export-community", "--out", str(tmp_path / "community")]) == 0
+def test_the_community_folder_is_what_the_package_exports():
+    files = community.community_files()
+    assert set(files) == {"pipeline.py", *SHIPPED_FILES}
+    pipelines = REPO_ROOT / "pipelines"
+    assert sorted(path.name for path in pipelines.iterdir()) == ["README.md", "ddpm_plus"]
+    folder = pipelines / "ddpm_plus"
+    assert {path.name for path in folder.iterdir() if path.is_file()} == set(files)
+    for name, content in files.items():
+        assert (folder / name).read_bytes() == content, (
+            f"pipelines/ddpm_plus/{name} is stale: run `python -m ddpm_plus.community --out pipelines`"
+        )
+    for name in SHIPPED_FILES:  # byte-for-byte copies of the package's modules
+        assert files[name] == (Path(ddpm_plus.__file__).parent / name).read_bytes()
+
+
+def test_the_entry_module_names_every_module_of_ddpm_plus_pipeline():
+    """diffusers copies only the sibling modules that `pipeline.py` imports itself: all those DDPMPlusPipeline needs."""
+    imported = re.findall(r"^from \.(\w+) import (\w+)  # noqa: F401$", community.entry_module(), re.MULTILINE)
+    assert {f"{module}.py" for module, _ in imported} == set(DDPMPlusPipeline.shipped_code_files())
+    assert ("pipeline_ddpm_plus", "DDPMPlusPipeline") in imported
+
+
+def test_export_command_writes_the_folder(tmp_path, capsys):
+    assert community.main(["--out", str(tmp_path / "community")]) == 0
     printed = capsys.readouterr().out
-    for folder, files in hub.community_pipeline_files().items():
-        for name, source in files.items():
-            assert (tmp_path / "community" / folder / name).read_bytes() == source.read_bytes()
-            assert str(tmp_path / "community" / folder / name) in printed
+    for name, content in community.community_files().items():
+        assert (tmp_path / "community" / "ddpm_plus" / name).read_bytes() == content
+        assert str(tmp_path / "community" / "ddpm_plus" / name) in printed
+
+
+def imports_of(source: str) -> tuple[set[str], set[str]]:
+    """(top-level packages of the absolute imports, modules of the relative imports) of Python source."""
+    absolute, relative = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            absolute |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            absolute.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            relative |= {node.module} if node.module else {alias.name for alias in node.names}
+    return absolute, relative
+
+
+def test_shipped_code_imports_its_sibling_modules_and_libraries_only():
+    """Imports go one way: the files that saved directories and the community folder carry import one another and
+    the libraries they run on, never the package (whose Hub upload, model cards, estimator and CLI import them), not
+    even by name at run time."""
+    for name, content in community.community_files().items():
+        source = content.decode("utf-8")
+        absolute, relative = imports_of(source)
+        assert absolute <= sys.stdlib_module_names | SHIPPED_CODE_LIBRARIES, (name, absolute)
+        assert {f"{module}.py" for module in relative} <= SHIPPED_FILES, (name, relative)
+        called = {node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)}
+        assert not called & {"import_module", "__import__"}, name
+
+
+def test_the_shipped_likelihood_module_holds_the_exact_bound_only():
+    assert callable(likelihood.variational_bound)
+    estimator = (
+        "estimate_bound",
+        "BoundEstimate",
+        "evaluate_terms",
+        "make_strata",
+        "pilot_profile",
+        "student_t_quantile",
+    )
+    assert [name for name in estimator if hasattr(likelihood, name)] == []
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -529,7 +557,7 @@ def test_export_community_command_writes_the_files(tmp_path, capsys):
 
 def test_model_card_template_has_one_source():
     """The package's template (a link to model_cards/ in a checkout, a copy in a wheel) is model_cards/'s file."""
-    template = hub.MODEL_CARD_TEMPLATE
+    template = MODEL_CARD_TEMPLATE
     assert template.read_bytes() == (REPO_ROOT / "model_cards" / "ddpm_plus_model_card.md").read_bytes()
 
 
@@ -537,7 +565,7 @@ def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):
     directory, pipe = saved
     grid = PIL.Image.new("RGB", (12, 12), (10, 200, 30))
     settings = {"learning_rate": 2e-4, "train_steps": 800, "hub_token": FAKE_TOKEN, "loss": "a|b"}
-    card = hub.write_model_card(
+    card = write_model_card(
         directory, repo_id="me/tiny-ddpm", bits_per_dim=3.14159, training_args=settings, dataset_name="digits",
         sample_grid=grid,
     )  # fmt: skip
@@ -559,9 +587,9 @@ def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):
     assert np.array_equal(np.asarray(PIL.Image.open(directory / "sample_grid.png")), np.asarray(grid))
     assert "| `learning_rate` | `0.0002` |" in body and "| `loss` | `a\\|b` |" in body
     assert "hub_token" not in body and FAKE_TOKEN not in body
-    pairs = hub.public_settings(settings)  # what a training script may pass: the same card
-    again = hub.write_model_card(
-        directory, repo_id="me/tiny-ddpm", bits_per_dim=3.14159, training_args=pairs, dataset_name="digits",
+    public = public_settings(settings)  # what a training script may pass: the same card
+    again = write_model_card(
+        directory, repo_id="me/tiny-ddpm", bits_per_dim=3.14159, training_args=public, dataset_name="digits",
         sample_grid=grid,
     )  # fmt: skip
     assert again.content == card.content
@@ -571,14 +599,14 @@ def test_model_card_with_bits_per_dim_settings_and_samples(saved, tmp_path):
 
 def test_model_card_states_an_estimated_bound_with_its_standard_error(saved):
     directory, _ = saved
-    card = hub.write_model_card(directory, bits_per_dim=2.6081, bits_per_dim_standard_error=0.00327)
+    card = write_model_card(directory, bits_per_dim=2.6081, bits_per_dim_standard_error=0.00327)
     assert "**2.6081 bits/dim**" in card.text and "estimated without bias" in card.text
     assert "standard error ± 0.0033 bits/dim" in card.text and "computed exactly" not in card.text
 
 
 def test_model_card_without_optional_facts(saved, tmp_path):
     directory, _ = saved
-    card = hub.write_model_card(directory)
+    card = write_model_card(directory)
     data = card.data.to_dict()
     assert "metrics" not in data and "datasets" not in data and "model-index" not in data
     for section in ("## Likelihood", "## Samples", "## Training settings"):
@@ -588,7 +616,7 @@ def test_model_card_without_optional_facts(saved, tmp_path):
 
 def test_model_card_needs_a_saved_pipeline(tmp_path):
     with pytest.raises(ValueError, match="write the pipeline with `save_pretrained`"):
-        hub.write_model_card(tmp_path)
+        write_model_card(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -667,8 +695,26 @@ def test_save_pretrained_with_push_to_hub_uploads_the_directory(hub_calls, tmp_p
 def test_push_saved_pipeline_keeps_an_existing_card(hub_calls, saved, tmp_path):
     directory, pipe = saved
     pipe.save_pretrained(tmp_path / "run")
-    hub.write_model_card(tmp_path / "run", repo_id="me/run", bits_per_dim=0.875)
-    hub.push_saved_pipeline(tmp_path / "run", "me/run", token=FAKE_TOKEN)
+    write_model_card(tmp_path / "run", repo_id="me/run", bits_per_dim=0.875)
+    push_pipeline_to_hub(tmp_path / "run", "me/run", token=FAKE_TOKEN)
     (upload,) = hub_calls["uploads"]
     assert "**0.8750 bits/dim**" in upload["files"]["README.md"].decode()
     assert upload["message"] == "Upload DDPMPlusPipeline"
+
+
+def test_push_to_hub_runs_the_upload_of_the_installed_package():
+    """The pipeline file finds `ddpm_plus.hub.push_pipeline_to_hub` through the entry point pyproject.toml declares."""
+    (entry_point,) = importlib.metadata.entry_points(**HUB_UPLOAD_ENTRY_POINT)
+    assert entry_point.load() is push_pipeline_to_hub
+
+
+@pytest.mark.parametrize(
+    "installed",
+    [[], [importlib.metadata.EntryPoint("push_pipeline_to_hub", "no_such_module:push", "ddpm_plus.uploads")]],
+    ids=["not-installed", "not-importable"],
+)
+def test_push_to_hub_without_the_package_asks_for_it(monkeypatch, hub_calls, installed):
+    monkeypatch.setattr(pipeline_module, "entry_points", lambda **selection: installed)
+    with pytest.raises(ImportError, match=r"model card .* install ddpm_plus \(`pip install ddpm_plus`\)"):
+        custom_pipeline().push_to_hub("me/tiny-ddpm", token=FAKE_TOKEN)
+    assert hub_calls == {"create_repo": [], "uploads": []}

@@ -1,5 +1,6 @@
-"""What a bare `pip install ddpm_plus` (no extras) can do: the scheduler, the pipelines and the embedded digits,
-without accelerate, 🤗 datasets, scikit-learn or scipy; and the one-line message when an extra is missing.
+"""What a bare `pip install ddpm_plus` (no extras) can do: the scheduler, the pipelines, the exact bound and its
+estimate (scipy is a core dependency) and the embedded digits, without accelerate, 🤗 datasets or scikit-learn; and
+the one-line message when an extra is missing.
 
 `test_bare_install` runs in the wheel session of noxfile.py, in an environment where those packages are really
 absent. Everywhere else, `test_core_runs_with_the_extras_blocked` runs the same script with them made unimportable.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-EXTRAS_MODULES = ("accelerate", "datasets", "sklearn", "scipy", "tensorboard", "transformers")
+EXTRAS_MODULES = ("accelerate", "datasets", "sklearn", "tensorboard", "transformers")
 TESTS = Path(__file__).resolve().parent
 
 # None in sys.modules: `import name` raises ModuleNotFoundError and `importlib.util.find_spec(name)` is None, as for
@@ -34,7 +35,7 @@ import torch
 sys.path.insert(0, {tests!r})
 from pipeline_fixtures import SCHEDULER_CONFIG, tiny_unet
 
-from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
+from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler, estimate_bound
 from ddpm_plus.data import digits_uint8, load_image_dataset
 from ddpm_plus.training import create_accelerator
 
@@ -46,6 +47,11 @@ images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_infe
 assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
 pixels = (images * 255).round().astype(np.uint8)
 assert torch.isfinite(pipe.log_likelihood(pixels, generator=torch.Generator().manual_seed(0)).bits_per_dim).all()
+# The estimate of the bound and its Student t interval (scipy).
+x0 = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+estimate = estimate_bound(pipe, x0, num_strata=3, generator=torch.Generator().manual_seed(0), progress=False)
+low, high = estimate.interval(0.95)
+assert (low <= estimate.total_bpd).all() and (estimate.total_bpd <= high).all() and "scipy" in sys.modules
 # The embedded digits need no scikit-learn.
 assert digits_uint8("test", 8).shape == (297, 8, 8)
 # A missing extra is one line that names it.
@@ -69,8 +75,10 @@ def run_core_script(prefix: str = "") -> subprocess.CompletedProcess:
 
 @pytest.mark.bare_install
 def test_bare_install():
-    """Run by `nox -s wheel` in a venv with the wheel and pytest only: the extras are really absent."""
+    """Run by `nox -s wheel` in a venv with the wheel and pytest only: the extras are really absent, and the core
+    dependencies (scipy among them) were installed with the wheel."""
     assert [name for name in EXTRAS_MODULES if importlib.util.find_spec(name) is not None] == []
+    assert importlib.util.find_spec("scipy") is not None
     result = run_core_script()
     assert result.returncode == 0 and result.stdout.split() == ["core", "ok"], result.stderr[-4000:]
 

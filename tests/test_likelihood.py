@@ -11,18 +11,17 @@ import torch
 from diffusers import DDPMScheduler
 from keyed_noise import documented_noise, seeded_noise_keys
 from numpy.polynomial.hermite_e import hermegauss
+from pipeline_fixtures import ddpm_unet
 
-from ddpm_plus.likelihood import (
+from ddpm_plus.bound_estimation import (
     BoundEstimate,
-    BoundResult,
     estimate_bound,
     evaluate_terms,
     make_strata,
     pilot_profile,
     student_t_quantile,
-    variational_bound,
 )
-from ddpm_plus.models import build_unet
+from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler, discretized_gaussian_log_likelihood
 
 LN2 = math.log(2.0)
@@ -152,7 +151,7 @@ def test_results_do_not_depend_on_the_chunking():
         assert torch.equal(other.eps_mse, results[0].eps_mse)
 
     torch.manual_seed(0)
-    unet = build_unet("test-tiny")
+    unet = ddpm_unet()
     images = eight_bit_images((3, 3, 16, 16), seed=3).float()
     small, large = (
         variational_bound(
@@ -487,7 +486,7 @@ def test_accepts_unet_callables_and_pipelines():
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 
     torch.manual_seed(0)
-    unet = build_unet("test-tiny").eval()  # callables are called as they are: the wrapped UNet must be in eval mode
+    unet = ddpm_unet().eval()  # callables are called as they are: the wrapped UNet must be in eval mode
     scheduler = DDPMPlusScheduler(num_train_timesteps=8)
     x0 = eight_bit_images((2, 3, 16, 16), seed=7).float()
     candidates = [
@@ -509,7 +508,7 @@ def test_accepts_unet_callables_and_pipelines():
 
 def test_dropout_is_off_and_the_training_mode_restored():
     torch.manual_seed(0)
-    unet = build_unet("test-tiny", dropout=0.5)
+    unet = ddpm_unet(dropout=0.5)
     scheduler = DDPMPlusScheduler(num_train_timesteps=5)
     x0 = eight_bit_images((1, 3, 16, 16), seed=8).float()
     unet.train()
@@ -523,7 +522,7 @@ def test_dropout_is_off_and_the_training_mode_restored():
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return build_unet("test-tiny"), DDPMPlusScheduler(num_train_timesteps=4)
+    return ddpm_unet(), DDPMPlusScheduler(num_train_timesteps=4)
 
 
 @pytest.mark.parametrize(
@@ -556,8 +555,8 @@ def test_bad_models_and_arguments(tiny):
             ),
             "twice the sample's channels",
         ),
-        (lambda: variational_bound(build_unet("test-tiny").half(), x0, scheduler), "float32"),
-        (lambda: variational_bound(build_unet("test-tiny").bfloat16(), x0, scheduler), "float32"),
+        (lambda: variational_bound(ddpm_unet().half(), x0, scheduler), "float32"),
+        (lambda: variational_bound(ddpm_unet().bfloat16(), x0, scheduler), "float32"),
         (lambda: variational_bound(lambda x, t: x.half(), x0, scheduler), "float32 or float64 outputs"),
         (lambda: variational_bound(lambda x, t: x[:, :, :8], x0, scheduler), "spatial size"),
         (lambda: variational_bound(lambda x, t: x * math.nan, x0, scheduler), "NaN"),
@@ -585,7 +584,8 @@ def test_bad_models_and_arguments(tiny):
 
 @pytest.mark.parametrize("confidence", [0.5, 0.8, 0.9, 0.95, 0.99, 0.999])
 def test_student_t_quantile_matches_scipy(confidence):
-    """Our quadrature / expansion against scipy's t.ppf, from 1 degree of freedom (Cauchy) to the normal limit."""
+    """The two-sided quantile against scipy's t.ppf, from 1 degree of freedom (Cauchy) to the normal limit, and
+    against the closed forms at 1, 2 and infinitely many degrees of freedom."""
     from scipy import stats
 
     dofs = [1, 1.0001, 1.3, 1.5, 2, 2.5, 3.7, 5, 10, 30, 100, 1e3, 9999, 1e4, 1e6, 1e12, math.inf]
@@ -595,6 +595,14 @@ def test_student_t_quantile_matches_scipy(confidence):
     assert student_t_quantile(confidence, torch.tensor(1.0)).item() == pytest.approx(
         math.tan(math.pi * confidence / 2), rel=1e-12
     )
+    # ν = 2: F(x) = 1/2 + x / (2 √(2 + x²)), so the quantile of p = (1 + c)/2 is (2p - 1) / √(2 p (1 - p))
+    p = (1 + confidence) / 2
+    assert student_t_quantile(confidence, torch.tensor(2.0)).item() == pytest.approx(
+        (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-12
+    )
+    # ν = ∞: the normal quantile √2 erfinv(c); a float is accepted as well as a tensor
+    normal = math.sqrt(2) * torch.special.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
+    assert student_t_quantile(confidence, math.inf).item() == pytest.approx(normal, rel=1e-12)
 
 
 def test_kl_terms_accept_continuous_data_but_the_decoder_needs_8bit(tiny):
@@ -659,7 +667,7 @@ def test_size_of_the_reference_tanh_decoder_difference(sigma_name):
 def saved_model(tmp_path_factory):
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("model")
-    build_unet("test-tiny", in_channels=1).save_pretrained(directory / "unet")
+    ddpm_unet(in_channels=1).save_pretrained(directory / "unet")
     DDPMPlusScheduler(num_train_timesteps=20).save_pretrained(directory / "scheduler")
     return directory
 
@@ -709,6 +717,23 @@ def test_cli_errors(saved_model, tmp_path, capsys):
     assert main(["bpd", "--model", str(saved_model), "--max-images", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["bpd", "--model", str(saved_model), "--num-timesteps", "2"])
+
+
+def test_cli_seeds_each_image_from_the_seed_and_its_index():
+    from ddpm_plus.cli_bpd import image_generators
+    from ddpm_plus.utils import derived_seed
+
+    seeds = [generator.initial_seed() for generator in image_generators(4, range(2, 5))]
+    assert seeds == [derived_seed(4, index) for index in range(2, 5)] and len(set(seeds)) == 3
+
+
+def test_cli_refuses_a_non_square_model_rather_than_cropping_to_one_side():
+    from ddpm_plus.cli_bpd import load_images
+
+    square = load_images("digits", "test", SimpleNamespace(sample_size=[8, 8], in_channels=1), 2)
+    assert square.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="the model takes 8x16 images, but the data sets are loaded as square"):
+        load_images("digits", "test", SimpleNamespace(sample_size=[8, 16], in_channels=1), 2)
 
 
 def test_pipeline_log_likelihood_is_the_engines_bound():

@@ -19,7 +19,7 @@ from pipeline_fixtures import (
 )
 
 from ddpm_plus.cli import main as cli_main
-from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, LikelihoodOutput
+from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, LikelihoodOutput, image_size
 from ddpm_plus.scheduling_ddpm_plus import PREDICTION_TYPES, DDPMPlusScheduler
 
 
@@ -96,6 +96,41 @@ def test_generator_list_seeds_each_image():
     batch = pipe(batch_size=2, generator=generators([7, 8]), num_inference_steps=4, output_type="pt").images
     alone = pipe(batch_size=1, generator=generators([8]), num_inference_steps=4, output_type="pt").images
     torch.testing.assert_close(batch[1:], alone, rtol=0, atol=1e-6)
+
+
+def test_a_tuple_of_generators_is_one_generator_per_image():
+    pipe = make_pipeline()
+    as_list = pipe(batch_size=2, generator=generators([7, 8]), num_inference_steps=3, output_type="pt").images
+    as_tuple = pipe(batch_size=2, generator=tuple(generators([7, 8])), num_inference_steps=3, output_type="pt").images
+    assert torch.equal(as_tuple, as_list)
+
+
+def test_non_square_images_are_sampled_and_scored():
+    """sample_size (height, width) = (8, 16): samples of that shape, and the bound of images of that shape."""
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    wide = type(unet).from_config({**unet.config, "sample_size": (8, 16)}).eval()
+    pipe = DDPMPlusPipeline(unet=wide, scheduler=DDPMPlusScheduler(**SCHEDULER_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=1, generator=generators([0]), num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 8, 16, CHANNELS)
+    pixels = (images * 255).round().astype(np.uint8)
+    assert torch.isfinite(pipe.log_likelihood(pixels, generator=generators([0])).bits_per_dim).all()
+    with pytest.raises(ValueError, match=r"takes images of shape \(B, 3, 8, 16\), got \(1, 3, 16, 8\)"):
+        pipe.log_likelihood(pixels.transpose(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize(
+    ("sample_size", "expected"), [(8, (8, 8)), ((8, 16), (8, 16)), ([32, 4], (32, 4))], ids=["int", "tuple", "list"]
+)
+def test_image_size_of_a_sample_size(sample_size, expected):
+    assert image_size(sample_size) == expected
+
+
+@pytest.mark.parametrize("sample_size", [0, -8, (8,), (8, 8, 8), (8, 0), (8.0, 8), "88", True, None])
+def test_image_size_refuses_what_is_no_image_size(sample_size):
+    with pytest.raises(ValueError, match="sample_size must be a positive integer or a \\(height, width\\) pair"):
+        image_size(sample_size)
 
 
 def test_ddpm_scheduler_is_converted_with_identical_samples():
@@ -296,7 +331,7 @@ def test_log_likelihood_of_a_grey_pil_image_and_train_mode_is_restored():
         ({"output_type": "latent"}, "Unknown output_type 'latent'; valid choices are: pil, np, pt"),
         ({"num_inference_steps": 0}, r"between 1 and the scheduler's num_train_timesteps \(20\)"),
         ({"num_inference_steps": NUM_TRAIN_TIMESTEPS + 1}, r"between 1 and .* \(20\), got 21"),
-        ({"batch_size": 2, "generator": [torch.Generator()]}, "Got 1 generators for a batch of 2"),
+        ({"batch_size": 2, "generator": [torch.Generator()]}, "got 1 generators for 2 images; pass one per image"),
     ],
 )
 def test_bad_sampling_arguments_raise_value_errors(call, message):

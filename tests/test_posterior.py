@@ -181,9 +181,9 @@ def test_bad_input():
         pipe(y, "denoising", 0.1, num_inference_steps=2, output_type="jpeg")
 
 
-def test_community_pipeline_folder_loads_and_matches(tmp_path):
-    """`custom_pipeline="pipelines/ddpm_plus_posterior"` loads the same class from the generated folder, here on a
-    plain diffusers `DDPMPipeline` directory (its `DDPMScheduler` becomes a `DDPMPlusScheduler`)."""
+def test_community_pipeline_file_loads_and_matches(tmp_path):
+    """`custom_pipeline="pipelines/ddpm_plus/pipeline_ddpm_plus_posterior.py"` loads the same class from the generated
+    folder, here on a plain diffusers `DDPMPipeline` directory (its `DDPMScheduler` becomes a `DDPMPlusScheduler`)."""
     from pathlib import Path
 
     from diffusers import DDPMPipeline, DDPMScheduler, DiffusionPipeline
@@ -191,9 +191,9 @@ def test_community_pipeline_folder_loads_and_matches(tmp_path):
     pipe = tiny_pipeline()
     plain = DDPMPipeline(unet=pipe.unet, scheduler=DDPMScheduler.from_config(pipe.scheduler.config))
     plain.save_pretrained(tmp_path / "saved")
-    folder = Path(__file__).resolve().parents[1] / "pipelines" / "ddpm_plus_posterior"
+    module = Path(__file__).resolve().parents[1] / "pipelines" / "ddpm_plus" / "pipeline_ddpm_plus_posterior.py"
     community = DiffusionPipeline.from_pretrained(
-        tmp_path / "saved", custom_pipeline=str(folder), trust_remote_code=True
+        tmp_path / "saved", custom_pipeline=str(module), trust_remote_code=True
     )
     community.set_progress_bar_config(disable=True)
     assert type(community).__name__ == "DDPMPlusPosteriorPipeline"

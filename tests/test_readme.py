@@ -1,16 +1,39 @@
-"""The README opens with the two commands, CI runs the second, and its code snippets are the tested ones."""
+"""The README opens with the two commands, CI runs the second, every example it shows runs, and its links resolve."""
 
 import re
+import shlex
 from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+MAX_README_LINES = 250
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+    return [block.strip() for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)]
 
 
 def readme_commands() -> list[str]:
     """The first two fenced bash blocks of the README, each one line."""
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
-    return [block.strip() for block in blocks[:2]]
+    return fenced_blocks(README, "bash")[:2]
+
+
+def shown_commands(program: str) -> list[list[str]]:
+    """The arguments of every README command that runs `program`, continuation lines joined, comments dropped."""
+    commands = []
+    for block in fenced_blocks(README, "bash")[2:]:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if program in words:
+                commands.append(words[words.index(program) + 1 :])
+    return commands
 
 
 def test_readme_opens_with_the_two_commands():
@@ -23,15 +46,19 @@ def test_readme_opens_with_the_two_commands():
     assert test.endswith("python -m pytest")
 
 
+def test_readme_is_a_front_door():
+    assert len(README.splitlines()) <= MAX_README_LINES
+
+
 def test_ci_runs_the_readme_test_command_first_then_the_matrix():
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     commands = [line for line in ci_lines if line not in ("set -euo pipefail", 'cd "$(dirname "$0")/.."')]
     assert commands == [readme_commands()[1], '.venv/bin/pip install -q -e ".[matrix]" && .venv/bin/nox']
 
 
-def test_readme_contains_the_tested_swap_snippet():
+def test_the_pipelines_page_contains_the_tested_swap_snippet():
     snippet = (ROOT / "tests" / "snippets" / "swap_scheduler.py").read_text(encoding="utf-8").strip()
-    assert snippet in README
+    assert snippet in (ROOT / "docs" / "pipelines.md").read_text(encoding="utf-8")
 
 
 def test_readme_states_the_declared_lower_bounds():
@@ -46,12 +73,66 @@ def test_readme_states_the_declared_lower_bounds():
     assert f"`requires-python >= {python_floor}`" in README
 
 
+@pytest.mark.parametrize("page", [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *DOCS], ids=lambda path: path.name)
+def test_relative_links_resolve(page):
+    """Every relative link of the README, ARCHITECTURE.md and docs/ names an existing file (and heading)."""
+    text = page.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#:\s]+)(?:#([^)\s]+))?\)", text):
+        path, anchor = target
+        resolved = (page.parent / path).resolve()
+        assert resolved.exists(), f"{page.name}: {path}"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in heading_anchors(resolved.read_text(encoding="utf-8")), f"{page.name}: {path}#{anchor}"
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    """The README's Python blocks, run in order in one namespace, against a tiny digits-sized pipeline saved at the
+    path the README uses (runs/digits)."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    DDPMPlusPipeline(unet=unet, scheduler=DDPMPlusScheduler()).save_pretrained(tmp_path / "runs" / "digits")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    blocks = fenced_blocks(README, "python")
+    assert len(blocks) >= 3
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own examples
+    assert (tmp_path / "saved" / "model_index.json").is_file()
+    assert namespace["estimate"].mean_standard_error > 0
+
+
+def test_readme_cli_commands_parse():
+    """Every `ddpm-plus` command the README shows is accepted by the real parser and its checks."""
+    from ddpm_plus.cli import build_parser
+
+    commands = shown_commands("ddpm-plus")
+    assert commands
+    for arguments in commands:
+        parsed = build_parser().parse_args(arguments)
+        assert parsed.command == arguments[0]
+
+
 def test_math_references_point_at_sections_of_docs_math():
     """Docstrings cite docs/math.md by section title; each title is a heading there, and no other math file."""
     import ddpm_plus
 
     headings = set(re.findall(r"^#+ (.+)$", (ROOT / "docs" / "math.md").read_text(encoding="utf-8"), re.MULTILINE))
-    code = [*Path(ddpm_plus.__file__).parent.glob("*.py"), *(ROOT / "tests").glob("*.py"), ROOT / "README.md"]
+    code = [*Path(ddpm_plus.__file__).parent.rglob("*.py"), *(ROOT / "tests").glob("*.py"), ROOT / "README.md", *DOCS]
     cited = set()
     for path in code:
         text = path.read_text(encoding="utf-8")

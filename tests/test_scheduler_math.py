@@ -169,13 +169,23 @@ KINDS = ["epsilon", "sample", "v_prediction", "mean"]
 
 @pytest.mark.parametrize("source", KINDS)
 @pytest.mark.parametrize("target", KINDS)
-def test_convert_model_output(ref, data, source, target):
+def test_convert_prediction(ref, data, source, target):
     x0, noise, out, _ = data
     xt = out
     expected_x0 = ref.x0_from(source, noise.numpy(), xt.numpy(), T_IDX)
     expected = noise.numpy() if source == target else ref.output_from(target, expected_x0, xt.numpy(), T_IDX)
     s = DDPMPlusScheduler(prediction_type=source)
-    close(s.convert_model_output(noise, xt, T(T_IDX), to=target), expected, 1e-9)
+    close(s.convert_prediction(noise, xt, T(T_IDX), to=target), expected, 1e-9)
+
+
+def test_convert_model_output_is_a_deprecated_alias_of_convert_prediction(data):
+    """The old name (which diffusers' multistep schedulers use for another conversion) warns and returns the same."""
+    _, noise, xt, _ = data
+    scheduler = DDPMPlusScheduler(prediction_type="v_prediction")
+    expected = scheduler.convert_prediction(noise, xt, T(T_IDX), to="epsilon")
+    with pytest.warns(FutureWarning, match=r"convert_model_output` is deprecated .* use `convert_prediction`"):
+        by_old_name = scheduler.convert_model_output(noise, xt, T(T_IDX), "epsilon", prediction_type="v_prediction")
+    assert torch.equal(by_old_name, expected)
 
 
 @pytest.mark.parametrize("prediction_type", KINDS)
@@ -486,7 +496,7 @@ def test_mean_prediction_matches_equivalent_epsilon_output():
     for s in (as_eps, as_mean):
         s.set_timesteps(25)
     for t in as_eps.timesteps[::6]:
-        mean = as_mean.convert_model_output(eps, x, int(t), to="mean", prediction_type="epsilon")
+        mean = as_mean.convert_prediction(eps, x, int(t), to="mean", prediction_type="epsilon")
         a = as_eps.step(eps, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
         b = as_mean.step(mean, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

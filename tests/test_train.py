@@ -1,11 +1,11 @@
-"""Tests of the training script `train_scripts/train.py` and its building blocks in `ddpm_plus.training`.
+"""Tests of the training script `train_scripts/train.py` and of the library behind it, `ddpm_plus.training`.
 
-Short CPU runs of the tiny UNet with a short chain (T = 20): in-process through `main(args)` where possible, as
-subprocesses for `accelerate launch` with two processes and for SIGKILL + resume.
+Short CPU runs of the tests' tiny UNet with a short chain (T = 20): the script's entry point runs in the test's process
+where possible (faults injected with `monkeypatch`), and as a subprocess for `accelerate launch` with two processes and
+for SIGKILL + resume (through `tests/helpers/train_with_faults.py`).
 """
 
 import errno
-import importlib.util
 import json
 import logging
 import math
@@ -22,47 +22,43 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 from diffusers import UNet2DModel
+from helpers import TINY_UNET_CONFIG
+from helpers.train_with_faults import TRAIN_SCRIPT, nan_images_at, run_train_script
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ddpm_plus.models import unet_config
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 from ddpm_plus.timestep_samplers import LossSecondMomentResampler, UniformSampler
 from ddpm_plus.training import (
     DiffusionObjective,
     ShardedBatchSampler,
+    Trainer,
     TrainingGenerators,
     build_optimizer,
     check_world_size,
     complete_checkpoints,
     disk_is_full,
     latest_checkpoint,
+    loss_scaler_difference,
+    parse_args,
     prune_checkpoints,
     remove_unfinished_checkpoints,
     resolve_resume_checkpoint,
     torch_threads_per_process,
     verify_checkpoint,
 )
+from ddpm_plus.training.checkpoints import save_ema_weights
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "train_scripts" / "train.py"
+FAULTS_LAUNCHER = REPO / "tests" / "helpers" / "train_with_faults.py"
 T = 20
 FAST = [
-    "--model_config", "test-tiny", "--num_train_timesteps", str(T), "--train_batch_size", "8",
+    "--model_config", str(TINY_UNET_CONFIG), "--num_train_timesteps", str(T), "--train_batch_size", "8",
     "--num_grid_images", "4", "--num_eval_images", "8", "--bpd_strata", "3", "--eval_batch_size", "64",
     "--save_images_steps", "0", "--bpd_steps", "0", "--checkpointing_steps", "0", "--report_to", "none",
     "--num_threads", "1", "--lr_warmup_steps", "1",
 ]  # fmt: skip
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ddpm_plus_train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-train_script = load_script()
 
 
 def reset_accelerate() -> None:
@@ -81,15 +77,15 @@ def fresh_accelerate_state():
 
 
 def run_main(output_dir: Path, *extra: str) -> int:
+    """The training script in this process, with the fast settings; its exit status."""
     reset_accelerate()
-    return train_script.main(train_script.parse_args(["--output_dir", str(output_dir), *FAST, *extra]))
+    return run_train_script(["--output_dir", str(output_dir), *FAST, *extra])
 
 
 def run_command_line(capsys, output_dir: Path, *extra: str) -> tuple[int, list[str]]:
     """The script's command line in-process: its exit status and its stderr lines."""
-    reset_accelerate()
     capsys.readouterr()
-    status = train_script.run(["--output_dir", str(output_dir), *FAST, *extra])
+    status = run_main(output_dir, *extra)
     return status, capsys.readouterr().err.splitlines()
 
 
@@ -122,8 +118,9 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def run_script(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, *launcher, str(SCRIPT), *args]
+def run_python(*args: str) -> subprocess.CompletedProcess:
+    """`python *args` in a subprocess on the CPU (a script and its arguments, or `-m module ...`)."""
+    command = [sys.executable, *args]
     return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
@@ -185,7 +182,7 @@ def test_objective_is_eq14_on_the_forward_sample_with_importance_weights():
 
 
 def test_objective_channels_last_gives_the_same_loss():
-    unet = UNet2DModel.from_config(train_script.unet_config("test-tiny"))
+    unet = UNet2DModel.from_config(unet_config(TINY_UNET_CONFIG))
     x0 = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     losses = []
     for channels_last in (False, True):
@@ -358,9 +355,10 @@ def test_resume_after_sigkill_during_a_save_is_bitwise_identical(tmp_path, caplo
     common += ["--save_images_steps", "3", "--bpd_steps", "5"]  # evaluations must not disturb the training RNGs
     common += ["--timestep_sampler", "loss-second-moment", "--num_train_timesteps", "4", "--train_batch_size", "16"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert train_script.main(train_script.parse_args(["--output_dir", str(straight), *common])) == 0
+    assert run_train_script(["--output_dir", str(straight), *common]) == 0
 
-    killed = run_script("--output_dir", str(interrupted), *common, "--debug_kill_while_saving_step", "4")
+    kill = [str(FAULTS_LAUNCHER), "--kill_while_saving_step", "4", "--"]  # SIGKILL once its part of the save is written
+    killed = run_python(*kill, "--output_dir", str(interrupted), *common)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (interrupted / ".checkpoint-4.tmp").is_dir() and not (interrupted / "checkpoint-4").exists()
     assert latest_checkpoint(interrupted) == interrupted / "checkpoint-2"
@@ -368,7 +366,7 @@ def test_resume_after_sigkill_during_a_save_is_bitwise_identical(tmp_path, caplo
     reset_accelerate()
     resume = ["--output_dir", str(interrupted), *common, "--resume_from_checkpoint", "latest"]
     with caplog.at_level(logging.INFO):
-        assert train_script.main(train_script.parse_args(resume)) == 0
+        assert run_train_script(resume) == 0
     assert not (interrupted / ".checkpoint-4.tmp").exists()
     assert f"Removed {interrupted / '.checkpoint-4.tmp'}, the unfinished checkpoint" in caplog.text
     assert_bitwise_equal(read_weights(straight / "checkpoint-6"), read_weights(interrupted / "checkpoint-6"))
@@ -382,10 +380,10 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
     record = tmp_path / "record"
     launcher = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2")
     launcher += ("--main_process_port", str(free_port()))
-    args = ["--output_dir", str(tmp_path / "run"), *FAST, "--max_train_steps", "3", "--debug_record_dir", str(record)]
+    faults = [str(FAULTS_LAUNCHER), "--record_dir", str(record), "--nan_steps", "2", "--"]  # NaN images on process 1
+    args = ["--output_dir", str(tmp_path / "run"), *FAST, "--max_train_steps", "3", "--skip_nonfinite_steps", "1"]
     extra = ["--timestep_sampler", "loss-second-moment", "--checkpointing_steps", "3"]
-    extra += ["--debug_nan_batch_steps", "2", "--skip_nonfinite_steps", "1"]  # NaN images on process 1 only
-    result = run_script(*args, *extra, launcher=launcher)
+    result = run_python(*launcher, *faults, *args, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
     assert result.stderr.count("step 2: the loss is not finite; skipped the batch") == 1  # logged by the main one
@@ -397,7 +395,7 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
     first, second = (load_file(record / f"weights_{rank}.safetensors") for rank in (0, 1))
     assert_bitwise_equal(first, second)
     torch.manual_seed(0)
-    initial = UNet2DModel.from_config(train_script.unet_config("test-tiny")).state_dict()
+    initial = UNet2DModel.from_config(unet_config(TINY_UNET_CONFIG)).state_dict()
     assert any(not torch.equal(initial[name], first[name]) for name in initial)
 
     steps = [
@@ -440,8 +438,8 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
 def test_bad_arguments_fail_before_training_with_one_line_and_exit_code_2(
     tmp_path, capsys, monkeypatch, extra, message
 ):
-    monkeypatch.setattr(train_script, "get_token", lambda: None)  # not logged in to the Hub
-    monkeypatch.setattr(train_script, "get_available_trackers", lambda: [])  # no tracker package installed
+    monkeypatch.setattr("ddpm_plus.training.arguments.get_token", lambda: None)  # not logged in to the Hub
+    monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])  # no tracker package installed
     (tmp_path / "EMPTY").mkdir()
     (tmp_path / "FILE").write_text("a regular file")
     (tmp_path / "HAS_SAMPLES_DIR" / "samples.png").mkdir(parents=True)
@@ -454,7 +452,7 @@ def test_bad_arguments_fail_before_training_with_one_line_and_exit_code_2(
 
 def test_a_schedule_that_needs_settings_the_script_lacks_is_not_offered(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train_script.parse_args(["--output_dir", "x", "--lr_scheduler", "piecewise_constant"])
+        parse_args(["--output_dir", "x", "--lr_scheduler", "piecewise_constant"])
     assert exit_info.value.code == 2 and "invalid choice: 'piecewise_constant'" in capsys.readouterr().err
 
 
@@ -463,7 +461,9 @@ def test_a_bad_argument_under_accelerate_launch_is_one_line(tmp_path):
     (CalledProcessError) for a failed single-process run, and it exits 1 for any failure either way."""
     launcher = ("-m", "accelerate.commands.launch", "-q", "--num_processes", "1", "--num_machines", "1")
     launcher += ("--mixed_precision", "no", "--dynamo_backend", "no")
-    result = run_script("--output_dir", str(tmp_path / "run"), "--num_train_timesteps", "1", launcher=launcher)
+    result = run_python(
+        *launcher, str(TRAIN_SCRIPT), "--output_dir", str(tmp_path / "run"), "--num_train_timesteps", "1"
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "train.py: error: --num_train_timesteps must be at least 2 (the held-out bits/dim needs the decoder term and "
@@ -473,7 +473,7 @@ def test_a_bad_argument_under_accelerate_launch_is_one_line(tmp_path):
 
 def test_resuming_with_changed_model_objective_or_data_settings_is_refused(tmp_path, capsys):
     config = tmp_path / "unet.json"
-    config.write_text(json.dumps(train_script.unet_config("test-tiny")))
+    config.write_text(json.dumps(unet_config(TINY_UNET_CONFIG)))
     out = tmp_path / "run"
     assert run_main(out, "--model_config", str(config), "--max_train_steps", "1", "--checkpointing_steps", "1") == 0
     resume = ["--model_config", str(config), "--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
@@ -486,19 +486,19 @@ def test_resuming_with_changed_model_objective_or_data_settings_is_refused(tmp_p
     ]
     for extra, message in changes:
         assert message in error_line(*run_command_line(capsys, out, *resume, *extra))
-    config.write_text(json.dumps(train_script.unet_config("test-tiny") | {"dropout": 0.1}))  # same name, new content
+    config.write_text(json.dumps(unet_config(TINY_UNET_CONFIG) | {"dropout": 0.1}))  # same name, new content
     assert "unet_config.dropout: checkpoint 0.0, now 0.1" in error_line(*run_command_line(capsys, out, *resume))
     assert checkpoint_steps(out) == [1]
 
 
 def test_switching_to_fp16_needs_the_loss_scaler_state(tmp_path):
     state = {"settings": {"mixed_precision": "bf16"}}
-    assert train_script.loss_scaler_difference(tmp_path, state, "bf16") == []
-    assert train_script.loss_scaler_difference(tmp_path, state, "fp16") == [
+    assert loss_scaler_difference(tmp_path, state, "bf16") == []
+    assert loss_scaler_difference(tmp_path, state, "fp16") == [
         "mixed_precision: checkpoint 'bf16', now 'fp16' (the checkpoint has no loss-scaler state)"
     ]
     (tmp_path / "scaler.pt").write_bytes(b"")
-    assert train_script.loss_scaler_difference(tmp_path, state, "fp16") == []
+    assert loss_scaler_difference(tmp_path, state, "fp16") == []
 
 
 def test_resume_honours_a_new_learning_rate_and_optimizer_and_ema_settings(tmp_path, caplog):
@@ -522,12 +522,11 @@ def test_resume_honours_a_new_learning_rate_and_optimizer_and_ema_settings(tmp_p
 # --------------------------------------------------------------------------------------------- divergence
 
 
-def test_divergence_stops_before_saving_and_keeps_the_finite_checkpoints(tmp_path, capsys):
+def test_divergence_stops_before_saving_and_keeps_the_finite_checkpoints(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Trainer, "train_step", nan_images_at({5}))
     out = tmp_path / "run"
     extra = ["--max_train_steps", "8", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
-    message = error_line(
-        *run_command_line(capsys, out, *extra, "--logging_steps", "100", "--debug_nan_batch_steps", "5")
-    )
+    message = error_line(*run_command_line(capsys, out, *extra, "--logging_steps", "100"))
     assert message.startswith("Training diverged at step 5: the loss is not finite. Likely causes: a learning rate")
     assert f"--resume_from_checkpoint {out / 'checkpoint-4'}" in message
     assert checkpoint_steps(out) == [3, 4] and not list(out.glob(".checkpoint-*"))
@@ -551,7 +550,7 @@ def test_nonfinite_weights_are_never_saved(tmp_path, capsys, monkeypatch):
         optimizer.step = types.MethodType(step_then_overflow, optimizer)  # a method, as the LR scheduler wraps it
         return optimizer
 
-    monkeypatch.setattr(train_script, "build_optimizer", overflowing_optimizer)
+    monkeypatch.setattr("ddpm_plus.training.build_optimizer", overflowing_optimizer)  # as the script imports it
     out = tmp_path / "run"
     extra = ["--max_train_steps", "3", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1"]
     message = error_line(*run_command_line(capsys, out, *extra))
@@ -560,12 +559,16 @@ def test_nonfinite_weights_are_never_saved(tmp_path, capsys, monkeypatch):
     assert_finite_checkpoint(out / "checkpoint-1")
 
 
-def test_skip_nonfinite_steps_skips_bad_batches_without_an_update_then_stops_beyond_the_limit(tmp_path, capsys, caplog):
+def test_skip_nonfinite_steps_skips_bad_batches_without_an_update_then_stops_beyond_the_limit(
+    tmp_path, capsys, caplog, monkeypatch
+):
+    monkeypatch.setattr(Trainer, "train_step", nan_images_at({2, 4}))
     out = tmp_path / "run"
     common = ["--checkpointing_steps", "1", "--timestep_sampler", "loss-second-moment"]
-    bad = ["--skip_nonfinite_steps", "1", "--debug_nan_batch_steps", "2", "4"]
     with caplog.at_level(logging.WARNING):
-        message = error_line(*run_command_line(capsys, out, *common, "--max_train_steps", "5", *bad))
+        message = error_line(
+            *run_command_line(capsys, out, *common, "--max_train_steps", "5", "--skip_nonfinite_steps", "1")
+        )
     assert "step 2: the loss is not finite; skipped the batch without an update (1 of at most 1" in caplog.text
     assert message.startswith("Training diverged at step 4: the loss is not finite (2 bad batches, more than ")
     assert checkpoint_steps(out) == [1, 2, 3]
@@ -579,8 +582,9 @@ def test_skip_nonfinite_steps_skips_bad_batches_without_an_update_then_stops_bey
     assert states[1]["skipped_steps"] == [{"step": 2, "reason": "non-finite loss"}]
 
     # resumed with a larger allowance (the steps skipped before count towards it): the run completes
+    monkeypatch.setattr(Trainer, "train_step", nan_images_at({4}))
     extra = ["--max_train_steps", "5", "--resume_from_checkpoint", "latest", "--skip_nonfinite_steps", "2"]
-    status, stderr = run_command_line(capsys, out, *common, *extra, "--debug_nan_batch_steps", "4")
+    status, stderr = run_command_line(capsys, out, *common, *extra)
     assert status == 0, stderr
     final = json.loads((out / "checkpoint-5" / "training_state.json").read_text())
     assert [entry["step"] for entry in final["skipped_steps"]] == [2, 4]
@@ -646,15 +650,13 @@ def test_a_checkpoint_without_manifest_is_checked_and_accepted_with_a_warning(tm
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
-    write_ema = train_script.save_ema_weights
-
     def full_disk_at_step_2(ema, names, path):
         if "checkpoint-2" in str(path):
             Path(path).write_bytes(b"partial")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        write_ema(ema, names, path)
+        save_ema_weights(ema, names, path)
 
-    monkeypatch.setattr(train_script, "save_ema_weights", full_disk_at_step_2)
+    monkeypatch.setattr("ddpm_plus.training.trainer.save_ema_weights", full_disk_at_step_2)
     out = tmp_path / "run"
     message = error_line(*run_command_line(capsys, out, "--max_train_steps", "3", "--checkpointing_steps", "1"))
     assert message == (
@@ -663,7 +665,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys
     )
     assert checkpoint_steps(out) == [1] and not list(out.glob(".checkpoint-*")) and not (out / "unet").exists()
     assert verify_checkpoint(out / "checkpoint-1")
-    monkeypatch.setattr(train_script, "save_ema_weights", write_ema)
+    monkeypatch.setattr("ddpm_plus.training.trainer.save_ema_weights", save_ema_weights)
     assert (
         run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest") == 0
     )
@@ -690,8 +692,8 @@ def test_a_full_disk_is_recognised_in_the_forms_torch_and_safetensors_report(
 
 def test_hub_token_is_used_for_the_upload_but_never_written(tmp_path, monkeypatch):
     uploads = []
-    monkeypatch.setattr(
-        train_script, "push_pipeline_to_hub", lambda pipeline, repo_id, **kwargs: uploads.append(kwargs)
+    monkeypatch.setattr(  # where the script imports it from
+        "ddpm_plus.hub.push_pipeline_to_hub", lambda pipeline, repo_id, **kwargs: uploads.append(kwargs)
     )
     secret = "hf_secret_value_123"
     out = tmp_path / "run"

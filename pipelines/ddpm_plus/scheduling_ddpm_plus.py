@@ -16,6 +16,8 @@ Two layers live here:
 """
 
 import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -81,6 +83,18 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a `ValueError` naming the valid choices when `value` is not one of them."""
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; valid choices are: {', '.join(choices)}.")
+
+
+def check_generators(
+    generator: torch.Generator | Sequence[torch.Generator] | None, batch_size: int
+) -> torch.Generator | list[torch.Generator] | None:
+    """The generator argument of a batch: one generator (or None) as it is, a sequence of them as a list, which must
+    hold one generator per image (else a `ValueError`)."""
+    if isinstance(generator, Sequence):
+        generator = list(generator)
+        if len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for {batch_size} images; pass one per image.")
+    return generator
 
 
 def check_schedule_settings(
@@ -644,7 +658,7 @@ class DDPMPlusScheduler(DDPMScheduler):
         log_variance = self._per_sample(self.posterior_log_variance_clipped_f64, t, x_t)
         return mean.to(x_t.dtype), variance.expand_as(x_t).to(x_t.dtype), log_variance.expand_as(x_t).to(x_t.dtype)
 
-    def convert_model_output(
+    def convert_prediction(
         self,
         model_output: torch.Tensor,
         x_t: torch.Tensor,
@@ -678,6 +692,24 @@ class DDPMPlusScheduler(DDPMScheduler):
         if to == "epsilon":
             return eps.to(x_t.dtype)
         return (alpha_prod_t.sqrt() * eps - (1 - alpha_prod_t).sqrt() * x0).to(x_t.dtype)  # v = √ᾱ ε - √(1-ᾱ) x_0
+
+    def convert_model_output(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: int | torch.Tensor,
+        to: str,
+        prediction_type: str | None = None,
+    ) -> torch.Tensor:
+        """Deprecated alias of `convert_prediction`, removed in ddpm_plus 0.2.0 (diffusers' multistep schedulers have
+        a `convert_model_output` of another meaning)."""
+        warnings.warn(
+            "`DDPMPlusScheduler.convert_model_output` is deprecated and will be removed in ddpm_plus 0.2.0; use "
+            "`convert_prediction` (same arguments).",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.convert_prediction(model_output, x_t, t, to, prediction_type)
 
     def p_mean_variance(
         self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, clip_denoised: bool = False
@@ -831,7 +863,7 @@ class DDPMPlusScheduler(DDPMScheduler):
             return x0
         if prediction_type == "mean":
             return self.q_posterior_mean_variance(x0, x_t, t)[0]
-        return self.convert_model_output(noise, x_t, t, to="v_prediction", prediction_type="epsilon")
+        return self.convert_prediction(noise, x_t, t, to="v_prediction", prediction_type="epsilon")
 
     def _min_snr_weight(self, t: int | torch.Tensor, like: torch.Tensor, gamma: float) -> torch.Tensor:
         """Weight turning the prediction-space MSE into min(SNR, γ) · ‖x_0 - x̂_0‖² (min-SNR-γ)."""

@@ -9,29 +9,26 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_plus.cli import SAMPLES_PER_STRATUM
-from ddpm_plus.likelihood import (
+from ddpm_plus.bound_estimation import (
     BoundEstimate,
-    BoundResult,
     estimate_bound,
     pilot_profile,
     pilot_timesteps,
     student_t_quantile,
-    variational_bound,
 )
+from ddpm_plus.cli import SAMPLES_PER_STRATUM
+from ddpm_plus.likelihood import BoundResult, variational_bound
+from ddpm_plus.pipeline_ddpm_plus import image_size
+from ddpm_plus.utils import derived_seed, write_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     report["settings"] = _settings(args, scheduler)
     print(_summary_line(report["summary"]))
     if args.output is not None:
-        write_json(report, args.output)
+        write_json(args.output, report)
         print(f"wrote {args.output}")
     return 0
 
@@ -69,12 +66,16 @@ def load_model(directory: str | Path, device: str) -> tuple[Any, Any]:
 
 
 def load_images(source: str, split: str, unet_config: Any, max_images: int | None) -> torch.Tensor:
-    """The data set's images (N, C, H, W) at the UNet's size, as float32 on the 8-bit grid."""
+    """The data set's images (N, C, H, W) at the UNet's (square) size, as float32 on the 8-bit grid."""
     from ddpm_plus.data import load_image_dataset
 
-    sample_size = unet_config.sample_size
-    resolution = sample_size if isinstance(sample_size, int) else sample_size[0]
-    dataset = load_image_dataset(source, resolution=resolution, num_channels=unet_config.in_channels, split=split)
+    height, width = image_size(unet_config.sample_size)
+    if height != width:
+        raise ValueError(
+            f"the model takes {height}x{width} images, but the data sets are loaded as square images "
+            "(resized and center-cropped to one side); only square models are supported."
+        )
+    dataset = load_image_dataset(source, resolution=height, num_channels=unet_config.in_channels, split=split)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise ValueError(f"the data set {source!r} (split {split!r}) holds no images.")
@@ -82,11 +83,8 @@ def load_images(source: str, split: str, unet_config: Any, max_images: int | Non
 
 
 def image_generators(seed: int, indices: range) -> list[torch.Generator]:
-    """One CPU generator per image, seeded from (seed, image index) through numpy's SeedSequence."""
-    return [
-        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]))
-        for index in indices
-    ]
+    """One CPU generator per image, seeded with `derived_seed(seed, image index)`."""
+    return [torch.Generator().manual_seed(derived_seed(seed, index)) for index in indices]
 
 
 def _over_image_batches(
@@ -216,17 +214,3 @@ def _summary_line(summary: dict[str, Any]) -> str:
     if "estimator_standard_error" in summary:
         line += f"; estimator standard error {summary['estimator_standard_error']:.4f}"
     return line
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    """Write `report` to `path` atomically (a temporary file renamed into place), so it is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=2, allow_nan=False)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -22,7 +22,6 @@ Small models (same conventions, sized for CPU):
 
 * ``digits-16``: 16x16 grey images (the default model of the digits training demo), 1,112,801 parameters.
 * ``tiny-32``: 32x32 RGB images, 1,113,955 parameters.
-* ``test-tiny``: a 16x16 RGB model of 45,259 parameters for unit tests only (it learns next to nothing).
 """
 
 from __future__ import annotations
@@ -116,20 +115,6 @@ _CONFIGS: dict[str, dict[str, Any]] = {
     # 32x32 RGB for CPU demos: 3 levels (32, 16, 8), one residual block per level, attention at 8x8 and in the
     # middle block. 1,113,955 parameters.
     "tiny-32": {**_SMALL_CPU_LAYOUT, "sample_size": 32, "in_channels": 3, "out_channels": 3},
-    # For unit tests only: 16x16 RGB, 2 levels (16, 8) with attention at 8x8 and in the middle block, so every
-    # block type is exercised in milliseconds. 45,259 parameters.
-    "test-tiny": {
-        **_DDPM_CONVENTIONS,
-        "sample_size": 16,
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": (8, 16),
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
-        "layers_per_block": 1,
-        "dropout": 0.0,
-        "norm_num_groups": 4,
-    },
 }
 # Improved DDPM style: the DDPM CIFAR-10 network whose output also carries the variance interpolation v of
 # Nichol & Dhariwal 2021 (eq. 15), i.e. 6 output channels for variance_type="learned_range". 35,749,766

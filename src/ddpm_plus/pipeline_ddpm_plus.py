@@ -5,18 +5,19 @@ This file follows diffusers' single-file policy: it imports only torch, numpy, d
 (the scheduler and the likelihood engine), so it travels inside Hub repositories. `save_pretrained` copies the three
 files into the saved directory and records them in `model_index.json`, so the directory loads with plain diffusers:
 `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`. With the ddpm_plus package installed,
-`DDPMPlusPipeline.from_pretrained(path)` loads the same directory without running any code from it.
+`DDPMPlusPipeline.from_pretrained(path)` loads the same directory without running any code from it, and `push_to_hub`
+uploads it with a model card. This file never imports the package: the package's modules import this one.
 
 Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
 """
 
-import importlib
 import inspect
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ from diffusers.utils import BaseOutput, is_torch_xla_available
 from diffusers.utils.torch_utils import randn_tensor
 
 from .likelihood import DEFAULT_MAX_BATCH_SIZE, variational_bound
-from .scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler, check_8bit_data, check_choice
+from .scheduling_ddpm_plus import (
+    LEARNED_VARIANCE_TYPES,
+    DDPMPlusScheduler,
+    check_8bit_data,
+    check_choice,
+    check_generators,
+)
 
 if is_torch_xla_available():
     import torch_xla.core.xla_model as xm
@@ -55,6 +62,9 @@ HUB_ALLOW_PATTERNS = [
     "*/*.safetensors",
     "*/*.safetensors.index.json",
 ]
+# The Hub upload that an installed ddpm_plus package provides (`ddpm_plus.hub.push_pipeline_to_hub`, which writes the
+# model card from the package's template), declared as an entry point in the package's pyproject.toml.
+HUB_UPLOAD_ENTRY_POINT = {"group": "ddpm_plus.uploads", "name": "push_pipeline_to_hub"}
 
 
 @dataclass
@@ -89,6 +99,19 @@ def source_file(kind: str) -> Path:
     check_choice("code file kind", kind, tuple(CODE_FILES))
     defined_there = {"pipeline": DDPMPlusPipeline, "scheduler": DDPMPlusScheduler, "likelihood": variational_bound}
     return Path(inspect.getfile(defined_there[kind]))
+
+
+def image_size(sample_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a UNet's `sample_size` configuration: one side of square images, or (height, width)."""
+    sides = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+    positive_ints = isinstance(sides, Sequence) and all(
+        isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides
+    )
+    if not positive_ints or len(sides) != 2:
+        raise ValueError(
+            f"sample_size must be a positive integer or a (height, width) pair of them, got {sample_size!r}."
+        )
+    return sides[0], sides[1]
 
 
 class DDPMPlusPipeline(DiffusionPipeline):
@@ -144,7 +167,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
                 probability-flow / DDIM limit, 1: ancestral); `None` (default) is the DDPM step, bitwise identical
                 to diffusers' `DDPMPipeline`.
         """
-        self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
+        generator = self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
         self._check_components()
         image_shape = (batch_size, self.unet.config.in_channels, *self._image_size())
 
@@ -183,8 +206,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=image)
 
     def _image_size(self) -> tuple[int, int]:
-        sample_size = self.unet.config.sample_size
-        return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        return image_size(self.unet.config.sample_size)
 
     def _check_sampling_arguments(
         self,
@@ -192,7 +214,8 @@ class DDPMPlusPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         num_inference_steps: int,
         output_type: str,
-    ) -> None:
+    ) -> torch.Generator | list[torch.Generator] | None:
+        """Raise a `ValueError` for a bad sampling argument; returns the checked generator(s)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         check_choice("output_type", output_type, OUTPUT_TYPES)
@@ -202,7 +225,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
                 f"num_inference_steps must be an integer between 1 and the scheduler's num_train_timesteps "
                 f"({num_train_timesteps}), got {num_inference_steps!r}."
             )
-        _check_generator_list(generator, batch_size)
+        return check_generators(generator, batch_size)
 
     def _check_components(self) -> None:
         """Raise a `ValueError` when the UNet's output channels do not fit the scheduler's variance type."""
@@ -239,9 +262,10 @@ class DDPMPlusPipeline(DiffusionPipeline):
         every t one x_t ~ q(x_t | x_0) (eq. 4), the KL term for t > 0 and the discretized decoder NLL for t = 0
         (eq. 13), plus the prior L_T. Many (image, timestep) pairs share one UNet call (`max_batch_size` per call);
         the noise of a pair depends only on the image's noise key (drawn from `generator`) and t, so the result does
-        not depend on `max_batch_size`, and `ddpm_plus.likelihood.estimate_bound` with the same generator estimates
-        exactly this value. The UNet runs in eval mode (its mode is restored) in its float32 or float64 weights;
-        float16/bfloat16 UNets are refused (call `pipe.unet.float()` first). The terms are float64 on the CPU.
+        not depend on `max_batch_size`, and the package's `ddpm_plus.bound_estimation.estimate_bound` with the same
+        generator estimates exactly this value. The UNet runs in eval mode (its mode is restored) in its float32 or
+        float64 weights; float16/bfloat16 UNets are refused (call `pipe.unet.float()` first). The terms are float64
+        on the CPU.
 
         Args:
             images: at least one 8-bit image: a float tensor (B, C, H, W) on the grid k/127.5 - 1 in [-1, 1], a
@@ -337,7 +361,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
         self._write_custom_code(Path(save_directory))
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", Path(save_directory).absolute().name)
-            _package_hub_module().push_saved_pipeline(save_directory, repo_id, **kwargs)
+            _installed_hub_upload()(save_directory, repo_id, **kwargs)
 
     @classmethod
     def shipped_code_files(cls) -> dict[str, Path]:
@@ -397,43 +421,18 @@ class DDPMPlusPipeline(DiffusionPipeline):
                 config[name] = ["diffusers", "DDPMScheduler"]
         return loaded
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool = False,
-        token: str | None = None,
-        create_pr: bool = False,
-        **model_card_kwargs: Any,
-    ) -> Any:
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload the pipeline (weights, configs, code files) with a model card to the Hub; needs ddpm_plus.
 
-        Args:
-            repo_id: "user/name" of the model repository (created if missing).
-            commit_message: the commit message.
-            private: create the repository as private.
-            token: a Hub token (used for the requests only; it is never written anywhere).
-            create_pr: open a pull request instead of committing to main.
-            model_card_kwargs: `ddpm_plus.hub.write_model_card` arguments (bits_per_dim, training_args,
-                dataset_name, sample_grid, license, ...).
+        Runs `ddpm_plus.hub.push_pipeline_to_hub(self, repo_id, **kwargs)` of the installed package (found through
+        its entry point, `HUB_UPLOAD_ENTRY_POINT`); `kwargs` are its arguments: `commit_message`, `private`,
+        `token`, `create_pr` and those of the model card (`bits_per_dim`, `training_args`, `dataset_name`,
+        `sample_grid`, `license`, ...). The token is only used for the requests; it is never written anywhere.
 
         Returns:
             The `huggingface_hub.CommitInfo` of the upload.
         """
-        return _package_hub_module().push_pipeline_to_hub(
-            self,
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            create_pr=create_pr,
-            **model_card_kwargs,
-        )
-
-
-def _check_generator_list(generator: torch.Generator | list[torch.Generator] | None, batch_size: int) -> None:
-    if isinstance(generator, list) and len(generator) != batch_size:
-        raise ValueError(f"Got {len(generator)} generators for a batch of {batch_size}; pass one per image.")
+        return _installed_hub_upload()(self, repo_id, **kwargs)
 
 
 def _check_not_empty(images: Any) -> None:
@@ -486,12 +485,15 @@ def _download_without_code(repo_id: str, options: dict[str, Any]) -> str:
     )
 
 
-def _package_hub_module() -> Any:
-    """`ddpm_plus.hub`, which renders the model card from the package's template (imported on demand only)."""
-    try:
-        return importlib.import_module("ddpm_plus.hub")
-    except ImportError as error:
-        raise ImportError(
-            "Pushing to the Hub writes a model card from the ddpm_plus package's template; install ddpm_plus "
-            "(`pip install ddpm_plus`) to use it."
-        ) from error
+def _installed_hub_upload() -> Callable[..., Any]:
+    """The Hub upload of an installed ddpm_plus package, found through its entry point (this file ships without the
+    package, and imports none of it)."""
+    for entry_point in entry_points(**HUB_UPLOAD_ENTRY_POINT):
+        try:
+            return entry_point.load()
+        except ImportError:
+            break  # installed, but not importable here
+    raise ImportError(
+        "Pushing to the Hub writes a model card from the ddpm_plus package's template; install ddpm_plus "
+        "(`pip install ddpm_plus`) to use it."
+    )

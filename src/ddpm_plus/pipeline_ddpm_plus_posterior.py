@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from diffusers import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-# diffusers accepts one pipeline class in a community file's namespace, so the base class is reached through its
-# module; and it copies next to a local community pipeline.py only the modules named there in `from .module import`
-# lines (not what those import), so the base pipeline's sibling modules are named here as well.
+# diffusers accepts one pipeline class in a pipeline file's namespace, so the base class is reached through its
+# module; and when it loads this file from a local folder (a saved directory, or `custom_pipeline=` naming this file
+# in the community folder) it copies next to it only the modules named here in `from .module import` lines (not what
+# those import), so the base pipeline's sibling modules are named here as well.
 from . import pipeline_ddpm_plus
 from .likelihood import variational_bound  # noqa: F401
 from .pipeline_ddpm_plus import LikelihoodOutput  # noqa: F401
@@ -156,7 +157,7 @@ class DDPMPlusPosteriorPipeline(pipeline_ddpm_plus.DDPMPlusPipeline):
             operator = make_operator(operator, mask=mask, factor=factor)
         check_guidance_arguments(noise_level, variance_approximation, data_variance)
         batch_size = measurement.shape[0]
-        self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
+        generator = self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
         self._check_components()
         shape = (batch_size, self.unet.config.in_channels, *self._image_size())
         expected = tuple(operator(torch.zeros(shape)).shape)
@@ -193,7 +194,7 @@ class DDPMPlusPosteriorPipeline(pipeline_ddpm_plus.DDPMPlusPipeline):
             x_t = image.detach().requires_grad_(True)
             output = self.unet(x_t, t).sample
             mean_output, variance_output = output[:, :channels], output[:, channels:]
-            x0 = scheduler.convert_model_output(mean_output, x_t, t, to="sample")
+            x0 = scheduler.convert_prediction(mean_output, x_t, t, to="sample")
             alpha_prod_t = float(scheduler.alphas_cumprod_f64[int(t)])
             variance = noise_level**2 + operator.gram_scale * posterior_variance_of_x0(
                 alpha_prod_t, variance_approximation, data_variance
@@ -202,9 +203,9 @@ class DDPMPlusPosteriorPipeline(pipeline_ddpm_plus.DDPMPlusPipeline):
             log_likelihood = -0.5 * (residual**2).sum() / variance  # log N(y; A x̂_0, variance · I) + const
             (grad,) = torch.autograd.grad(log_likelihood, x_t)
         with torch.no_grad():
-            eps = scheduler.convert_model_output(mean_output.detach(), image, t, to="epsilon")
+            eps = scheduler.convert_prediction(mean_output.detach(), image, t, to="epsilon")
             eps = eps - math.sqrt(1 - alpha_prod_t) * guidance_scale * grad
-            guided = scheduler.convert_model_output(
+            guided = scheduler.convert_prediction(
                 eps, image, t, to=scheduler.config.prediction_type, prediction_type="epsilon"
             )
             return torch.cat([guided, variance_output.detach()], dim=1)

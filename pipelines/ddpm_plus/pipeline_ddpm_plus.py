@@ -1,0 +1,499 @@
+# Copyright 2026 The ddpm_plus authors. Licensed under the Apache License, Version 2.0.
+"""DDPMPlusPipeline: unconditional DDPM sampling (Algorithm 2) and exact bits/dim (eq. 5) in one diffusers pipeline.
+
+This file follows diffusers' single-file policy: it imports only torch, numpy, diffusers and two sibling modules
+(the scheduler and the likelihood engine), so it travels inside Hub repositories. `save_pretrained` copies the three
+files into the saved directory and records them in `model_index.json`, so the directory loads with plain diffusers:
+`DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`. With the ddpm_plus package installed,
+`DDPMPlusPipeline.from_pretrained(path)` loads the same directory without running any code from it, and `push_to_hub`
+uploads it with a model card. This file never imports the package: the package's modules import this one.
+
+Equation numbers refer to Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
+"""
+
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.utils import BaseOutput, is_torch_xla_available
+from diffusers.utils.torch_utils import randn_tensor
+
+from .likelihood import DEFAULT_MAX_BATCH_SIZE, variational_bound
+from .scheduling_ddpm_plus import (
+    LEARNED_VARIANCE_TYPES,
+    DDPMPlusScheduler,
+    check_8bit_data,
+    check_choice,
+    check_generators,
+)
+
+if is_torch_xla_available():
+    import torch_xla.core.xla_model as xm
+
+    XLA_AVAILABLE = True
+else:
+    XLA_AVAILABLE = False
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+# The code files a saved directory ships, and the `model_index.json` entries that point at them. diffusers resolves
+# the pipeline's relative imports next to the pipeline file, so the scheduler and likelihood files sit at the root.
+PIPELINE_FILE = "pipeline_ddpm_plus.py"
+SCHEDULER_FILE = "scheduling_ddpm_plus.py"
+LIKELIHOOD_FILE = "likelihood.py"
+CODE_FILES = {"pipeline": PIPELINE_FILE, "scheduler": SCHEDULER_FILE, "likelihood": LIKELIHOOD_FILE}
+SCHEDULER_ENTRY = [Path(SCHEDULER_FILE).stem, "DDPMPlusScheduler"]
+# The pipeline classes whose saved directories name shipped code in `model_index.json` (see `load_config`).
+SAVED_PIPELINE_CLASSES = ("DDPMPlusPipeline", "DDPMPlusPosteriorPipeline")
+# What `from_pretrained` fetches from a Hub repository: configurations and safetensors weights, never code.
+HUB_ALLOW_PATTERNS = [
+    "model_index.json",
+    "*/config.json",
+    "*/scheduler_config.json",
+    "*/*.safetensors",
+    "*/*.safetensors.index.json",
+]
+# The Hub upload that an installed ddpm_plus package provides (`ddpm_plus.hub.push_pipeline_to_hub`, which writes the
+# model card from the package's template), declared as an entry point in the package's pyproject.toml.
+HUB_UPLOAD_ENTRY_POINT = {"group": "ddpm_plus.uploads", "name": "push_pipeline_to_hub"}
+
+
+@dataclass
+class LikelihoodOutput(BaseOutput):
+    """Per-image terms of the variational bound (eq. 5), in bits/dim; float64 tensors on the CPU.
+
+    Args:
+        bits_per_dim: the bound L = L_T + Σ_{t>1} L_{t-1} + L_0 per image, shape (B,).
+        prior_bpd: the prior term L_T per image, shape (B,).
+        terms_bpd: shape (B, T); column t (0-based, as diffusers' timesteps) is the KL term L_t for t > 0 and the
+            discretized decoder NLL L_0 for t = 0.
+        decoder_bpd: the decoder term L_0 per image (column 0 of `terms_bpd`), shape (B,).
+        x0_mse: shape (B, T), mean squared error of the predicted x_0 at each t (the distortion of the paper's
+            rate/distortion curve, sec. 4.3).
+        eps_mse: shape (B, T), mean squared error of the predicted ε at each t.
+    """
+
+    bits_per_dim: torch.Tensor
+    prior_bpd: torch.Tensor
+    terms_bpd: torch.Tensor
+    decoder_bpd: torch.Tensor
+    x0_mse: torch.Tensor
+    eps_mse: torch.Tensor
+
+
+def source_file(kind: str) -> Path:
+    """Path of a code file shipped in saved directories: `kind` is "pipeline", "scheduler" or "likelihood".
+
+    The files are read from where the running modules were imported, so a pipeline loaded with
+    `trust_remote_code=True` (without the ddpm_plus package) saves self-contained directories as well.
+    """
+    check_choice("code file kind", kind, tuple(CODE_FILES))
+    defined_there = {"pipeline": DDPMPlusPipeline, "scheduler": DDPMPlusScheduler, "likelihood": variational_bound}
+    return Path(inspect.getfile(defined_there[kind]))
+
+
+def image_size(sample_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of a UNet's `sample_size` configuration: one side of square images, or (height, width)."""
+    sides = (sample_size, sample_size) if isinstance(sample_size, int) else sample_size
+    positive_ints = isinstance(sides, Sequence) and all(
+        isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides
+    )
+    if not positive_ints or len(sides) != 2:
+        raise ValueError(
+            f"sample_size must be a positive integer or a (height, width) pair of them, got {sample_size!r}."
+        )
+    return sides[0], sides[1]
+
+
+class DDPMPlusPipeline(DiffusionPipeline):
+    """Unconditional image generation with a DDPM, plus the exact variational bound in bits/dim.
+
+    Sampling is the same computation as diffusers' `DDPMPipeline` (same noise draws, same scheduler calls, same
+    post-processing), so with a DDPM scheduler configuration it gives bitwise-identical images for the same UNet
+    and generator. A diffusers `DDPMScheduler` passed in is converted to `DDPMPlusScheduler` with `from_config`
+    (same configuration and samples), which adds the likelihood math; other schedulers are used as they are for
+    sampling.
+
+    Args:
+        unet: a `UNet2DModel`; for `variance_type="learned"` or `"learned_range"` it outputs twice its input
+            channels (the second half parameterizes the variance).
+        scheduler: a `DDPMPlusScheduler` (or a scheduler to sample with, see above).
+    """
+
+    model_cpu_offload_seq = "unet"
+    # The name this class's file has in saved directories; a subclass shipped in its own file sets its own.
+    _code_file = PIPELINE_FILE
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMPlusScheduler):
+        super().__init__()
+        if type(scheduler) is DDPMScheduler:
+            scheduler = DDPMPlusScheduler.from_config(scheduler.config)
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self._check_components()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Sampling
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        stochasticity: float | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images by ancestral sampling (Algorithm 2).
+
+        Args:
+            batch_size: number of images.
+            generator: a `torch.Generator`, or one per image for per-image reproducibility.
+            num_inference_steps: number of denoising steps, 1..num_train_timesteps (fewer steps respace the chain).
+            output_type: "pil" (list of `PIL.Image`), "np" (float array (B, H, W, C) in [0, 1]) or "pt" (float
+                tensor (B, C, H, W) in [0, 1]).
+            return_dict: return an `ImagePipelineOutput` instead of a 1-tuple.
+            stochasticity: the reverse-SDE noise level η ∈ [0, 1] of `DDPMPlusScheduler.step` (0: deterministic
+                probability-flow / DDIM limit, 1: ancestral); `None` (default) is the DDPM step, bitwise identical
+                to diffusers' `DDPMPipeline`.
+        """
+        generator = self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
+        self._check_components()
+        image_shape = (batch_size, self.unet.config.in_channels, *self._image_size())
+
+        # The initial noise is drawn as diffusers' DDPMPipeline draws it (on the CPU for "mps").
+        device = self._execution_device
+        if device.type == "mps":
+            image = randn_tensor(image_shape, generator=generator, dtype=self.unet.dtype).to(device)
+        else:
+            image = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
+
+        self.scheduler.set_timesteps(num_inference_steps)
+        step_kwargs = {} if stochasticity is None else {"stochasticity": stochasticity}
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.unet(image, t).sample
+            image = self.scheduler.step(model_output, t, image, generator=generator, **step_kwargs).prev_sample
+            if XLA_AVAILABLE:
+                xm.mark_step()
+        return self._output(image, output_type, return_dict)
+
+    def _output(self, image: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+        """Samples in [-1, 1] as diffusers' DDPMPipeline returns them: [0, 1] tensors, arrays or PIL images.
+
+        numpy has no bfloat16: bfloat16 samples become float32 arrays (exactly; diffusers' DDPMPipeline fails there).
+        """
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            if image.dtype == torch.bfloat16:
+                image = image.float()
+            image = image.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _image_size(self) -> tuple[int, int]:
+        return image_size(self.unet.config.sample_size)
+
+    def _check_sampling_arguments(
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        num_inference_steps: int,
+        output_type: str,
+    ) -> torch.Generator | list[torch.Generator] | None:
+        """Raise a `ValueError` for a bad sampling argument; returns the checked generator(s)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be an integer between 1 and the scheduler's num_train_timesteps "
+                f"({num_train_timesteps}), got {num_inference_steps!r}."
+            )
+        return check_generators(generator, batch_size)
+
+    def _check_components(self) -> None:
+        """Raise a `ValueError` when the UNet's output channels do not fit the scheduler's variance type."""
+        in_channels, out_channels = self.unet.config.in_channels, self.unet.config.out_channels
+        variance_type = self.scheduler.config.get("variance_type")
+        learned = variance_type in LEARNED_VARIANCE_TYPES
+        expected = 2 * in_channels if learned else in_channels
+        if out_channels != expected:
+            hint = (
+                "a learned-variance model needs twice its input channels"
+                if learned
+                else "a UNet with doubled output channels needs variance_type 'learned_range' or 'learned'"
+            )
+            raise ValueError(
+                f"The UNet has {in_channels} input and {out_channels} output channels, but the scheduler's "
+                f"variance_type={variance_type!r} needs {expected} output channels: {hint}."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Likelihood
+    # ------------------------------------------------------------------------------------------------------------
+
+    def log_likelihood(
+        self,
+        images: Any,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        clip_denoised: bool = False,
+        return_dict: bool = True,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ) -> LikelihoodOutput | tuple:
+        """The variational bound on -log p_θ(x_0) in bits/dim (eq. 5), summed exactly over all T timesteps.
+
+        Computed by `variational_bound` of the likelihood module (shipped next to this file): for every image and
+        every t one x_t ~ q(x_t | x_0) (eq. 4), the KL term for t > 0 and the discretized decoder NLL for t = 0
+        (eq. 13), plus the prior L_T. Many (image, timestep) pairs share one UNet call (`max_batch_size` per call);
+        the noise of a pair depends only on the image's noise key (drawn from `generator`) and t, so the result does
+        not depend on `max_batch_size`, and the package's `ddpm_plus.bound_estimation.estimate_bound` with the same
+        generator estimates exactly this value. The UNet runs in eval mode (its mode is restored) in its float32 or
+        float64 weights; float16/bfloat16 UNets are refused (call `pipe.unet.float()` first). The terms are float64
+        on the CPU.
+
+        Args:
+            images: at least one 8-bit image: a float tensor (B, C, H, W) on the grid k/127.5 - 1 in [-1, 1], a
+                uint8 tensor (B, C, H, W), a uint8 array (B, H, W, C) or (B, H, W), or a PIL image or list of PIL
+                images of mode "L" or "RGB" (convert other modes first; `ddpm_plus.data.to_8bit_image` does so
+                exactly, or refuses).
+            generator: a CPU `torch.Generator`, or one per image (an image's bound then does not depend on the
+                rest of the batch); None uses torch's global generator.
+            clip_denoised: clip the predicted x_0 to [-1, 1] before forming the mean of p_θ(x_{t-1} | x_t).
+            return_dict: return a `LikelihoodOutput` instead of a tuple of its fields.
+            max_batch_size: (image, timestep) pairs per UNet call.
+        """
+        self._check_components()
+        if not hasattr(self.scheduler, "vb_terms_from_moments"):
+            raise ValueError(
+                f"log_likelihood needs the DDPM+ scheduler math; {type(self.scheduler).__name__} has none. Use "
+                "`pipe.scheduler = DDPMPlusScheduler.from_config(pipe.scheduler.config)`."
+            )
+        _check_not_empty(images)
+        x0 = self._as_model_images(images)
+        bound = variational_bound(
+            self.unet,
+            x0,
+            self.scheduler,
+            generator=generator,
+            max_batch_size=max_batch_size,
+            clip_denoised=clip_denoised,
+            progress=not getattr(self, "_progress_bar_config", {}).get("disable", False),
+        )
+        self.maybe_free_model_hooks()
+        output = LikelihoodOutput(
+            bits_per_dim=bound.total_bpd,
+            prior_bpd=bound.prior_bpd,
+            terms_bpd=bound.terms_bpd,
+            decoder_bpd=bound.decoder_bpd,
+            x0_mse=bound.x0_mse,
+            eps_mse=bound.eps_mse,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _as_model_images(self, images: Any) -> torch.Tensor:
+        """8-bit images as a float tensor (B, C, H, W) in [-1, 1], checked against the UNet's input shape."""
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4:
+                raise ValueError(f"Image tensors must have shape (B, C, H, W), got {tuple(images.shape)}.")
+            if images.dtype == torch.uint8:
+                x0 = images.to(torch.float32) / 127.5 - 1
+            elif images.dtype in (torch.float32, torch.float64):
+                x0 = images
+            else:
+                raise ValueError(f"Image tensors must be uint8, float32 or float64, got {images.dtype}.")
+        else:
+            x0 = _uint8_arrays_to_tensor(images)
+        expected = (self.unet.config.in_channels, *self._image_size())
+        if tuple(x0.shape[1:]) != expected:
+            raise ValueError(
+                f"The UNet takes images of shape (B, {', '.join(map(str, expected))}), got {tuple(x0.shape)}."
+            )
+        check_8bit_data(x0, name="images")
+        return x0
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Saving, loading, Hub
+    # ------------------------------------------------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Save weights (safetensors), configs and the code files that make the directory self-contained.
+
+        Besides diffusers' layout, the directory gets `pipeline_ddpm_plus.py`, `scheduling_ddpm_plus.py` (also in
+        `scheduler/`) and `likelihood.py`, copied from the running modules, and `model_index.json` names the pipeline
+        and scheduler files, so plain diffusers loads it with
+        `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`.
+
+        Args:
+            save_directory: the directory to write (created if missing).
+            safe_serialization: must be True: weights are only written as safetensors.
+            variant: weights variant, as in diffusers (e.g. "fp16").
+            max_shard_size: shard large weights, as in diffusers.
+            push_to_hub: afterwards upload the directory with a model card (see `push_to_hub`); `kwargs` then take
+                `repo_id` (default: the directory's name) and `push_to_hub`'s arguments.
+        """
+        if not safe_serialization:
+            raise ValueError("DDPMPlusPipeline saves weights as safetensors only; pickle files are not written.")
+        super().save_pretrained(save_directory, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+        self._write_custom_code(Path(save_directory))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", Path(save_directory).absolute().name)
+            _installed_hub_upload()(save_directory, repo_id, **kwargs)
+
+    @classmethod
+    def shipped_code_files(cls) -> dict[str, Path]:
+        """The code files that a saved directory of this class carries: file name -> the running source file.
+
+        The pipeline file of this class and of each pipeline class it derives from, the scheduler and the
+        likelihood engine, read from where the running modules were imported.
+        """
+        own_files = [klass for klass in cls.__mro__ if "_code_file" in vars(klass)]
+        pipelines = {vars(klass)["_code_file"]: Path(inspect.getfile(klass)) for klass in own_files}
+        return {**pipelines, SCHEDULER_FILE: source_file("scheduler"), LIKELIHOOD_FILE: source_file("likelihood")}
+
+    def _write_custom_code(self, directory: Path) -> None:
+        """Copy the pipeline, scheduler and likelihood code into `directory`; point `model_index.json` at them."""
+        for name, source in self.shipped_code_files().items():
+            shutil.copyfile(source, directory / name)
+        index_path = directory / self.config_name
+        model_index = json.loads(index_path.read_text(encoding="utf-8"))
+        model_index.pop("_name_or_path", None)  # where it was loaded from: a local path has no meaning elsewhere
+        model_index["_class_name"] = [Path(self._code_file).stem, type(self).__name__]
+        if type(self.scheduler).__name__ == SCHEDULER_ENTRY[1]:
+            shutil.copyfile(source_file("scheduler"), directory / "scheduler" / SCHEDULER_FILE)
+            model_index["scheduler"] = SCHEDULER_ENTRY
+        index_path.write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "DDPMPlusPipeline":
+        """Load a saved directory or Hub repository (diffusers' `from_pretrained`), running none of its code.
+
+        A directory written by `save_pretrained` loads as this class, with its scheduler converted to
+        `DDPMPlusScheduler` (see `load_config`); plain `DDPMPipeline` directories load as well. A Hub repository id is
+        first downloaded with `huggingface_hub.snapshot_download`, fetching only configurations and safetensors
+        weights (`HUB_ALLOW_PATTERNS`), never code; `cache_dir`, `revision`, `token`, `local_files_only` and
+        `force_download` in `kwargs` apply to that download. The remaining `kwargs` are diffusers' (`torch_dtype`,
+        `variant`, components to use instead of the saved ones, ...).
+        """
+        if not os.path.isdir(pretrained_model_name_or_path):
+            pretrained_model_name_or_path = _download_without_code(str(pretrained_model_name_or_path), kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """diffusers' `load_config`, with the code entries of saved directories resolved to this class.
+
+        A directory written by `save_pretrained` names its shipped code files in `model_index.json`, which diffusers
+        would import (with `trust_remote_code=True`). Loaded with this class, the pipeline is this class and the
+        scheduler is read as a `DDPMScheduler` configuration (the same keys), which `__init__` converts to
+        `DDPMPlusScheduler`. No code from the directory runs.
+        """
+        loaded = super().load_config(pretrained_model_name_or_path, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        class_entry = config.get("_class_name")
+        if isinstance(class_entry, list) and class_entry[-1] in SAVED_PIPELINE_CLASSES:
+            config["_class_name"] = cls.__name__
+        for name, entry in config.items():
+            if entry == SCHEDULER_ENTRY:
+                config[name] = ["diffusers", "DDPMScheduler"]
+        return loaded
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the pipeline (weights, configs, code files) with a model card to the Hub; needs ddpm_plus.
+
+        Runs `ddpm_plus.hub.push_pipeline_to_hub(self, repo_id, **kwargs)` of the installed package (found through
+        its entry point, `HUB_UPLOAD_ENTRY_POINT`); `kwargs` are its arguments: `commit_message`, `private`,
+        `token`, `create_pr` and those of the model card (`bits_per_dim`, `training_args`, `dataset_name`,
+        `sample_grid`, `license`, ...). The token is only used for the requests; it is never written anywhere.
+
+        Returns:
+            The `huggingface_hub.CommitInfo` of the upload.
+        """
+        return _installed_hub_upload()(self, repo_id, **kwargs)
+
+
+def _check_not_empty(images: Any) -> None:
+    """Raise a `ValueError` for an empty batch (a tensor, array or list with no image)."""
+    if isinstance(images, (torch.Tensor, np.ndarray, list, tuple)) and len(images) == 0:
+        raise ValueError("log_likelihood needs at least one image, got an empty batch.")
+
+
+def _check_pil_mode(image: Any) -> None:
+    """Raise a `ValueError` for a PIL image whose pixels are not 8-bit grey ("L") or colour ("RGB"): a palette or
+    YCbCr image would be read as wrong levels, 16-bit or float images have no exact 8-bit form."""
+    mode = getattr(image, "mode", None)  # a PIL image's mode is a string (a tensor's `mode` is a method)
+    if isinstance(mode, str) and mode not in ("L", "RGB"):
+        raise ValueError(
+            f"PIL images must have mode 'L' or 'RGB' (8-bit grey or colour), got mode {mode!r}; convert it first "
+            "(`ddpm_plus.data.to_8bit_image` converts exactly, or refuses 16-bit, float and transparent images)."
+        )
+
+
+def _uint8_arrays_to_tensor(images: np.ndarray | Sequence[Any] | Any) -> torch.Tensor:
+    """uint8 arrays (B, H, W, C) / (B, H, W), or PIL image(s), as a float tensor (B, C, H, W) in [-1, 1]."""
+    if isinstance(images, np.ndarray):
+        pixels = images
+    else:
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        for image in batch:
+            _check_pil_mode(image)
+        pixels = np.stack([np.asarray(image) for image in batch])
+    if pixels.dtype != np.uint8:
+        raise ValueError(
+            f"Image arrays must be uint8 (8-bit data), got {pixels.dtype}; pass float images as a tensor "
+            "(B, C, H, W) on the 8-bit grid in [-1, 1]."
+        )
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    if pixels.ndim != 4:
+        raise ValueError(f"Image arrays must have shape (B, H, W, C) or (B, H, W), got {pixels.shape}.")
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
+
+
+def _download_without_code(repo_id: str, options: dict[str, Any]) -> str:
+    """The local snapshot of a Hub repository's configurations and safetensors weights (no code files)."""
+    from huggingface_hub import snapshot_download
+
+    download_options = ("cache_dir", "revision", "token", "local_files_only", "force_download")
+    return snapshot_download(
+        repo_id,
+        allow_patterns=HUB_ALLOW_PATTERNS,
+        **{name: options[name] for name in download_options if options.get(name) is not None},
+    )
+
+
+def _installed_hub_upload() -> Callable[..., Any]:
+    """The Hub upload of an installed ddpm_plus package, found through its entry point (this file ships without the
+    package, and imports none of it)."""
+    for entry_point in entry_points(**HUB_UPLOAD_ENTRY_POINT):
+        try:
+            return entry_point.load()
+        except ImportError:
+            break  # installed, but not importable here
+    raise ImportError(
+        "Pushing to the Hub writes a model card from the ddpm_plus package's template; install ddpm_plus "
+        "(`pip install ddpm_plus`) to use it."
+    )

@@ -1,0 +1,142 @@
+"""Model cards of saved DDPM+ pipeline directories.
+
+`write_model_card(directory, ...)` renders the model card (README.md with YAML metadata) of a directory written by
+`DDPMPlusPipeline.save_pretrained`, from the template `templates/ddpm_plus_model_card.md`, with the held-out
+bits/dim, the training settings and a sample grid when given. Setting names that look like secrets (token,
+password, ...) are left out of the card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
+
+from ddpm_plus.pipeline_ddpm_plus import image_size
+from ddpm_plus.utils import Settings, public_settings
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+MODEL_CARD_TEMPLATE = Path(__file__).parent / "templates" / "ddpm_plus_model_card.md"
+SAMPLE_GRID_FILE = "sample_grid.png"
+CARD_TAGS = ("ddpm_plus", "unconditional-image-generation", "diffusers", "ddpm", "diffusion")
+
+
+def write_model_card(
+    directory: str | Path,
+    *,
+    repo_id: str | None = None,
+    bits_per_dim: float | None = None,
+    bits_per_dim_standard_error: float | None = None,
+    training_args: Settings | None = None,
+    dataset_name: str | None = None,
+    sample_grid: Image.Image | str | Path | None = None,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """Write `README.md` (and `sample_grid.png`) into a saved pipeline directory and return the card.
+
+    Args:
+        directory: a directory written by `DDPMPlusPipeline.save_pretrained` (its configs and weights are read).
+        repo_id: the Hub id used in the usage snippets (default: the directory's name).
+        bits_per_dim: the held-out negative log-likelihood bound in bits/dim, if measured.
+        bits_per_dim_standard_error: the standard error when `bits_per_dim` is an estimate
+            (`ddpm_plus.bound_estimation.estimate_bound`); None when the sum over timesteps was exact.
+        training_args: training settings (a mapping, (name, value) pairs or an `argparse.Namespace`); names that
+            look like secrets (token, password, ...) are left out.
+        dataset_name: the training data set.
+        sample_grid: a PIL image or an image file of samples, stored as `sample_grid.png`.
+        license: the license identifier for the metadata.
+    """
+    directory = Path(directory)
+    repo_id = repo_id or directory.absolute().name
+    if sample_grid is not None:
+        _write_sample_grid(sample_grid, directory / SAMPLE_GRID_FILE)
+    card = ModelCard.from_template(
+        _card_data(repo_id, bits_per_dim, dataset_name, license),
+        template_path=str(MODEL_CARD_TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        bits_per_dim=bits_per_dim,
+        bits_per_dim_standard_error=bits_per_dim_standard_error,
+        dataset_name=dataset_name,
+        sample_grid=SAMPLE_GRID_FILE if sample_grid is not None else None,
+        training_args=sorted((name, str(value)) for name, value in public_settings(training_args).items()),
+        **_model_facts(directory),
+    )
+    card.save(directory / "README.md")
+    return card
+
+
+def _card_data(repo_id: str, bits_per_dim: float | None, dataset_name: str | None, license: str) -> ModelCardData:
+    eval_results = None
+    if bits_per_dim is not None:
+        eval_results = [
+            EvalResult(
+                task_type="unconditional-image-generation",
+                dataset_type=dataset_name or "held-out",
+                dataset_name=dataset_name or "held-out data",
+                dataset_split="test",
+                metric_type="bits_per_dim",
+                metric_name="NLL bound (bits/dim)",
+                metric_value=float(bits_per_dim),
+            )
+        ]
+    return ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        license=license,
+        tags=list(CARD_TAGS),
+        datasets=[dataset_name] if dataset_name else None,
+        metrics=["bits_per_dim"] if bits_per_dim is not None else None,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results,
+    )
+
+
+def _model_facts(directory: Path) -> dict[str, Any]:
+    """What the card says about the network and the diffusion, read from the saved configs and weights."""
+    unet_config = _read_json(directory / "unet" / "config.json")
+    scheduler_config = _read_json(directory / "scheduler" / "scheduler_config.json")
+    height, width = image_size(unet_config["sample_size"])
+    return {
+        "resolution": f"{height}x{width}",
+        "channels": unet_config["in_channels"],
+        "num_parameters": f"{_count_parameters(directory / 'unet'):,}",
+        "num_train_timesteps": scheduler_config["num_train_timesteps"],
+        "beta_schedule": scheduler_config["beta_schedule"],
+        "prediction_type": scheduler_config["prediction_type"],
+        "variance_type": scheduler_config["variance_type"],
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: write the pipeline with `save_pretrained` before its model card.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _count_parameters(unet_directory: Path) -> int:
+    """Number of weights in the safetensors files of a saved model (read from the headers only)."""
+    files = sorted(unet_directory.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"No safetensors weights in {unet_directory}.")
+    total = 0
+    for file in files:
+        with safe_open(file, framework="pt") as weights:
+            for name in weights.keys():
+                total += math.prod(weights.get_slice(name).get_shape())
+    return total
+
+
+def _write_sample_grid(sample_grid: Image.Image | str | Path, path: Path) -> None:
+    if isinstance(sample_grid, (str, Path)):
+        if Path(sample_grid).resolve() != path.resolve():
+            shutil.copyfile(sample_grid, path)
+    else:
+        sample_grid.save(path, format="PNG")

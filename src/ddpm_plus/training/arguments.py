@@ -1,0 +1,347 @@
+"""The command line of the training script: every flag, the checks that run before any work, and what the flags
+resolve to (the held-out split, the grid's sampling steps, the number of optimizer steps, tracker settings)."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from diffusers.optimization import SchedulerType
+from huggingface_hub import get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ddpm_plus.cli import check_output_directory, check_output_file
+from ddpm_plus.extras import import_extra
+from ddpm_plus.models import available_configs
+from ddpm_plus.scheduling_ddpm_plus import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
+from ddpm_plus.timestep_samplers import TIMESTEP_SAMPLERS
+from ddpm_plus.utils import public_settings
+
+DEFAULT_MAX_TRAIN_STEPS = 2000
+"""Optimizer steps when neither --max_train_steps nor --num_epochs is given (the digits demo's budget)."""
+DEFAULT_INFERENCE_STEPS = 250
+"""Sampling steps of the sample grids unless given: the respaced chain keeps grids cheap during training."""
+
+# diffusers' schedules, less those that need settings this script does not take (piecewise_constant's step rules).
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType if kind is not SchedulerType.PIECEWISE_CONSTANT)
+MIN_TRAIN_TIMESTEPS = 2
+"""The held-out bits/dim needs the decoder term (t = 0) and at least one KL term; T = 1 would fail after training."""
+# What a run writes into --output_dir besides its checkpoints: checked before the first step.
+OUTPUT_FILES = ("samples.png", "bpd.json", "README.md", "model_index.json")
+OUTPUT_DIRECTORIES = ("unet", "scheduler", "samples", "logs")
+
+
+# --------------------------------------------------------------------------------------------- the flags
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The training script's parser; `description` heads its --help."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_data_arguments(parser.add_argument_group("data"))
+    _add_model_arguments(parser.add_argument_group("model and objective"))
+    _add_optimization_arguments(parser.add_argument_group("optimization"))
+    _add_output_arguments(parser.add_argument_group("outputs, evaluation and logging"))
+    _add_checkpoint_arguments(parser.add_argument_group("checkpoints"))
+    _add_hub_arguments(parser.add_argument_group("Hugging Face Hub"))
+    return parser
+
+
+def _add_data_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--dataset_name",
+        default=None,
+        help="A 🤗 datasets name or path (read offline from the local cache with HF_DATASETS_OFFLINE=1), or a "
+        "directory written by save_to_disk. Default: the embedded digits.",
+    )
+    group.add_argument("--train_data_dir", default=None, help="A folder of images (searched recursively).")
+    group.add_argument("--cache_dir", default=None, help="🤗 datasets cache directory.")
+    group.add_argument("--image_column", default=None, help="Image column of a 🤗 dataset (default: detected).")
+    group.add_argument(
+        "--resolution", type=int, default=None, help="Image side; default: the model config's sample_size (16)."
+    )
+    group.add_argument(
+        "--center_crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Crop the centre square after resizing (--no-center_crop: a random square).",
+    )
+    group.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random.")
+    group.add_argument(
+        "--held_out_fraction",
+        type=float,
+        default=0.0,
+        help="For image folders and saved datasets without splits: the fixed fraction held out for bits/dim.",
+    )
+    group.add_argument(
+        "--eval_split",
+        default=None,
+        help="Split for the held-out bits/dim: default 'test' for the digits and with --held_out_fraction; "
+        "a split name for 🤗 datasets (none by default).",
+    )
+    group.add_argument("--num_eval_images", type=int, default=None, help="Held-out images to evaluate (all).")
+    group.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loader worker processes.")
+
+
+def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--model_config",
+        default="digits-16",
+        help=f"A named UNet config ({', '.join(available_configs())}) or a JSON UNet2DModel config file.",
+    )
+    group.add_argument("--learn_sigma", action="store_true", help="Also learn the variances (doubled output channels).")
+    group.add_argument("--prediction_type", default="epsilon", choices=PREDICTION_TYPES)
+    group.add_argument(
+        "--variance_type",
+        default=None,
+        choices=VARIANCE_TYPES,
+        help="Default: fixed_small, or learned_range when the model learns sigma.",
+    )
+    group.add_argument("--loss", default="simple", choices=LOSS_TYPES, help="simple (eq. 14), vlb, hybrid or kl.")
+    group.add_argument("--beta_schedule", default="linear", choices=BETA_SCHEDULES)
+    group.add_argument("--beta_start", type=float, default=1e-4)
+    group.add_argument("--beta_end", type=float, default=0.02)
+    group.add_argument("--num_train_timesteps", type=int, default=1000)
+    group.add_argument("--timestep_sampler", default="uniform", choices=TIMESTEP_SAMPLERS)
+    group.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR-γ loss weighting (off by default).")
+    group.add_argument("--vlb_weight", type=float, default=0.001, help="λ of the hybrid loss.")
+
+
+def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--train_batch_size", type=int, default=64, help="Images per process and micro-batch.")
+    group.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help=f"Optimizer steps (default: --num_epochs if given, else {DEFAULT_MAX_TRAIN_STEPS}).",
+    )
+    group.add_argument("--num_epochs", type=int, default=None, help="Epochs, when --max_train_steps is not given.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--learning_rate", type=float, default=2e-3)
+    group.add_argument("--lr_scheduler", default="cosine", choices=LR_SCHEDULERS)
+    group.add_argument("--lr_warmup_steps", type=int, default=100)
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=0.999)
+    group.add_argument("--adam_weight_decay", type=float, default=0.0)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping (0: off).")
+    group.add_argument(
+        "--skip_nonfinite_steps",
+        type=int,
+        default=0,
+        help="Skip up to N batches whose loss or gradient is not finite (no update, EMA untouched; each is logged) "
+        "before the run stops as diverged. Default 0: stop at the first one. Nothing non-finite is ever saved.",
+    )
+    group.add_argument(
+        "--use_ema", action=argparse.BooleanOptionalAction, default=True, help="Keep an EMA of the weights."
+    )
+    group.add_argument("--ema_max_decay", type=float, default=0.9999)
+    group.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: decay 1 - (1 + step/γ)^-p.")
+    group.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up power p.")
+    group.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--channels_last", action=argparse.BooleanOptionalAction, default=True, help="channels_last memory format."
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile the UNet.")
+    group.add_argument(
+        "--allow_tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmuls on CUDA."
+    )
+    group.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="torch.use_deterministic_algorithms (warn-only: an op without a deterministic implementation warns) "
+        "and a fixed cuBLAS workspace, so that a GPU run can repeat bitwise; slower.",
+    )
+    group.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="Torch threads per process (default: the CPU cores divided among this machine's processes).",
+    )
+
+
+def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--output_dir", required=True, help="Pipeline, samples, bits/dim, logs and checkpoints.")
+    group.add_argument("--report_to", default="tensorboard", help="accelerate tracker, or 'none'.")
+    group.add_argument("--logging_steps", type=int, default=10)
+    group.add_argument(
+        "--save_images_steps", type=int, default=1000, help="Sample grid every N steps (0: only at the end)."
+    )
+    group.add_argument("--num_grid_images", type=int, default=64)
+    group.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help=f"Sampling steps of the grids (default: {DEFAULT_INFERENCE_STEPS} or T if smaller; fewer than T "
+        "respace the chain).",
+    )
+    group.add_argument(
+        "--bpd_steps", type=int, default=1000, help="Held-out bits/dim every N steps (0: only at the end)."
+    )
+    group.add_argument("--bpd_strata", type=int, default=24, help="Timestep strata of the bits/dim estimator.")
+    group.add_argument("--bpd_samples_per_stratum", type=int, default=2)
+    group.add_argument("--eval_batch_size", type=int, default=256, help="Images per network call in evaluation.")
+
+
+def _add_checkpoint_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="Checkpoint every N steps (0: never).")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep the newest N checkpoints.")
+    group.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="'latest' (the newest finished checkpoint in --output_dir, if any) or a checkpoint directory.",
+    )
+
+
+def _add_hub_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline with its model card.")
+    group.add_argument("--hub_model_id", default=None, help="Repository id (default: the output_dir's name).")
+    group.add_argument("--hub_private_repo", action="store_true")
+    group.add_argument(
+        "--hub_token",
+        default=None,
+        help="Visible to other users of this machine: prefer HF_TOKEN or `huggingface-cli login`.",
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None, *, description: str | None = None) -> argparse.Namespace:
+    """Parse the training script's command line (`sys.argv[1:]` by default); argparse exits with code 2 on bad
+    syntax. The values are checked later, by `check_arguments`."""
+    return build_parser(description).parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError for inconsistent arguments and unwritable outputs, before anything is loaded or trained."""
+    if args.dataset_name and args.train_data_dir:
+        raise ValueError("Give --dataset_name or --train_data_dir, not both.")
+    _check_ranges(args)
+    if args.num_train_timesteps < MIN_TRAIN_TIMESTEPS:
+        raise ValueError(
+            f"--num_train_timesteps must be at least {MIN_TRAIN_TIMESTEPS} (the held-out bits/dim needs the decoder "
+            f"term and at least one KL term), got {args.num_train_timesteps}."
+        )
+    if args.num_inference_steps is not None and args.num_inference_steps > args.num_train_timesteps:
+        raise ValueError("--num_inference_steps cannot exceed --num_train_timesteps.")
+    _check_tracker(args.report_to)
+    check_output_locations(args)
+    _check_hub_arguments(args)
+    if args.hub_token is not None:
+        warnings.warn(
+            "--hub_token on the command line is visible to other users of this machine (process list, shell "
+            "history); prefer the HF_TOKEN environment variable or `huggingface-cli login`.",
+            stacklevel=2,
+        )
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_timesteps", "logging_steps")
+    positive += ("num_grid_images", "eval_batch_size", "bpd_strata")
+    optional_positive = ("max_train_steps", "num_epochs", "resolution", "num_eval_images", "num_inference_steps")
+    optional_positive += ("checkpoints_total_limit", "num_threads")
+    non_negative = ("save_images_steps", "bpd_steps", "checkpointing_steps", "lr_warmup_steps", "seed")
+    non_negative += ("dataloader_num_workers", "max_grad_norm", "adam_weight_decay", "skip_nonfinite_steps")
+    for name in positive + optional_positive:
+        value = getattr(args, name)
+        if (value is not None or name in positive) and value < 1:
+            raise ValueError(f"--{name} must be positive, got {value}.")
+    for name in non_negative:
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must not be negative, got {getattr(args, name)}.")
+    if args.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
+    if args.bpd_samples_per_stratum < 2:
+        raise ValueError("--bpd_samples_per_stratum must be at least 2 (the estimator needs a variance).")
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        raise ValueError(f"--snr_gamma must be positive, got {args.snr_gamma}.")
+    if not 0.0 <= args.ema_max_decay <= 1.0:
+        raise ValueError(f"--ema_max_decay must lie in [0, 1], got {args.ema_max_decay}.")
+
+
+def check_output_locations(args: argparse.Namespace) -> None:
+    """ValueError unless --output_dir (and --cache_dir) can be written, with no file or directory in the way of an
+    output; creates nothing."""
+    output_dir = Path(args.output_dir)
+    check_output_directory(output_dir, "--output_dir")
+    for name in OUTPUT_FILES:
+        check_output_file(output_dir / name, "--output_dir: the output")
+    for name in OUTPUT_DIRECTORIES:
+        check_output_directory(output_dir / name, "--output_dir: the output folder")
+    if args.cache_dir is not None:
+        check_output_directory(Path(args.cache_dir), "--cache_dir")
+
+
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """The Hub repository of --push_to_hub: --hub_model_id, or the name of --output_dir."""
+    return args.hub_model_id or Path(args.output_dir).absolute().name
+
+
+def _check_hub_arguments(args: argparse.Namespace) -> None:
+    """With --push_to_hub: a valid repository id and a token, so that the upload does not fail after training."""
+    if not args.push_to_hub:
+        return
+    try:
+        validate_repo_id(hub_repo_id(args))
+    except HFValidationError as error:
+        raise ValueError(
+            f"--push_to_hub: invalid repository id (--hub_model_id or the output folder's name): {error}"
+        ) from None
+    if args.hub_token is None and get_token() is None:
+        raise ValueError("--push_to_hub needs a Hub token: run `huggingface-cli login` or set HF_TOKEN.")
+
+
+def _check_tracker(report_to: str) -> None:
+    """ValueError for an unknown tracker, or one whose package is missing (accelerate would only warn and train
+    without it)."""
+    if report_to in ("none", "all"):
+        return
+    tracking = import_extra("accelerate.tracking", "train")
+    known = [kind.value for kind in tracking.LoggerType if kind is not tracking.LoggerType.ALL]
+    if report_to not in known:
+        raise ValueError(f"--report_to {report_to}: unknown tracker; choose one of {', '.join(known)}, all or none.")
+    if report_to not in [kind.value for kind in tracking.get_available_trackers()]:
+        raise ValueError(f"--report_to {report_to} needs the {report_to} package: pip install {report_to}.")
+
+
+# --------------------------------------------------------------------------------------------- resolved values
+
+
+def data_source(args: argparse.Namespace) -> str | None:
+    """The training data given (an image folder or a 🤗 dataset), or None for the embedded digits."""
+    return args.train_data_dir or args.dataset_name
+
+
+def eval_split(args: argparse.Namespace) -> str | None:
+    """The held-out split: given, or 'test' for the digits and for sources with a held-out fraction."""
+    if args.eval_split is not None:
+        return args.eval_split
+    if data_source(args) is None or args.held_out_fraction > 0:
+        return "test"
+    return None
+
+
+def inference_steps(args: argparse.Namespace) -> int:
+    """Sampling steps of the sample grids: --num_inference_steps, else DEFAULT_INFERENCE_STEPS or T if smaller."""
+    return args.num_inference_steps or min(DEFAULT_INFERENCE_STEPS, args.num_train_timesteps)
+
+
+def resolve_max_train_steps(args: argparse.Namespace, steps_per_epoch: int) -> int:
+    """Optimizer steps of the run: --max_train_steps, else --num_epochs epochs, else DEFAULT_MAX_TRAIN_STEPS."""
+    if args.max_train_steps is not None:
+        return args.max_train_steps
+    if args.num_epochs is not None:
+        return args.num_epochs * steps_per_epoch
+    return DEFAULT_MAX_TRAIN_STEPS
+
+
+def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Public settings as tracker hyper-parameters (scalars and strings only)."""
+    return {
+        key: value if isinstance(value, int | float | str | bool) else str(value)
+        for key, value in public_settings(args).items()
+    }

@@ -1,0 +1,97 @@
+"""What the arguments of a run resolve to, checked before any work: the UNet config at the training resolution,
+the noise scheduler, the verified checkpoint to resume from, the training set and the held-out images."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ddpm_plus.data import load_image_dataset
+from ddpm_plus.models import downsampling_factor, learns_sigma, unet_config
+from ddpm_plus.scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler
+from ddpm_plus.training.arguments import check_arguments, data_source, eval_split
+from ddpm_plus.training.checkpoints import ResumeChoice, resolve_resume_checkpoint
+
+
+@dataclass
+class RunSetup:
+    """What the arguments resolve to: the UNet config, the noise scheduler, the data sets, the verified checkpoint."""
+
+    unet_config: dict[str, Any]
+    noise_scheduler: DDPMPlusScheduler
+    train_set: torch.utils.data.Dataset
+    eval_images: torch.Tensor | None
+    resolution: int
+    resume: ResumeChoice | None = None
+
+
+def resolve_unet_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The UNet config at the training resolution, and that resolution; ValueError when they do not fit."""
+    config = unet_config(args.model_config, learn_sigma=args.learn_sigma)
+    resolution = args.resolution or config["sample_size"]
+    if not isinstance(resolution, int):
+        raise ValueError(f"The model config has a non-square sample_size {resolution}; pass --resolution.")
+    factor = downsampling_factor(config)
+    if resolution % factor:
+        raise ValueError(
+            f"--resolution {resolution} is not divisible by {factor}, the total downsampling of the UNet config "
+            f"{args.model_config!r}; use a multiple of {factor}."
+        )
+    config["sample_size"] = resolution
+    return config, resolution
+
+
+def build_noise_scheduler(args: argparse.Namespace, config: dict[str, Any]) -> DDPMPlusScheduler:
+    """The training scheduler; its variance type follows the model's output channels unless given."""
+    learned = learns_sigma(config)
+    variance_type = args.variance_type or ("learned_range" if learned else "fixed_small")
+    if learned != (variance_type in LEARNED_VARIANCE_TYPES):
+        raise ValueError(
+            f"--variance_type {variance_type} does not fit the model: a model that learns sigma (--learn_sigma or "
+            f"a config with doubled output channels) needs {' or '.join(LEARNED_VARIANCE_TYPES)}, and those need one."
+        )
+    if args.loss == "hybrid" and not learned:
+        raise ValueError("--loss hybrid trains the learned variances: add --learn_sigma.")
+    return DDPMPlusScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_start=args.beta_start,
+        beta_end=args.beta_end,
+        beta_schedule=args.beta_schedule,
+        variance_type=variance_type,
+        prediction_type=args.prediction_type,
+    )
+
+
+def load_datasets(
+    args: argparse.Namespace, resolution: int, num_channels: int
+) -> tuple[torch.utils.data.Dataset, torch.Tensor | None]:
+    """The training set and the held-out images (a tensor, or None when there is no held-out split)."""
+    common = {
+        "resolution": resolution,
+        "num_channels": num_channels,
+        "cache_dir": args.cache_dir,
+        "image_column": args.image_column,
+        "held_out_fraction": args.held_out_fraction,
+    }
+    train_set = load_image_dataset(
+        data_source(args), split="train", center_crop=args.center_crop, random_flip=args.random_flip, **common
+    )
+    split = eval_split(args)
+    if split is None:
+        return train_set, None
+    eval_set = load_image_dataset(data_source(args), split=split, center_crop=True, random_flip=False, **common)
+    count = len(eval_set) if args.num_eval_images is None else min(args.num_eval_images, len(eval_set))
+    return train_set, torch.stack([eval_set[index] for index in range(count)])
+
+
+def prepare_run(args: argparse.Namespace) -> RunSetup:
+    """Resolve and check everything that can fail on bad input, before any training."""
+    check_arguments(args)
+    config, resolution = resolve_unet_config(args)
+    noise_scheduler = build_noise_scheduler(args, config)
+    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    train_set, eval_images = load_datasets(args, resolution, config["in_channels"])
+    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume)
