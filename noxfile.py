@@ -9,6 +9,7 @@ The lower bounds that pyproject.toml declares are read from it, so the minimum s
 versions it states.
 """
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -20,7 +21,7 @@ ROOT = Path(__file__).parent
 # The CPU build of torch for Python 3.11 that the README's commands install; other interpreters get PyPI's build.
 LOCAL_TORCH = "torch==2.13.0"
 # The packages whose lower bounds the matrix tests (torch's in the oldest-interpreter session).
-FLOORED = ("diffusers", "torch", "accelerate", "huggingface-hub", "transformers")
+FLOORED = ("diffusers", "torch", "accelerate", "huggingface-hub", "transformers", "matplotlib")
 # All code but this file (nox itself runs on Python >= 3.11 here, for tomllib).
 VERMIN_PATHS = ("src", "pipelines", "train_scripts", "bench", "tests")
 # vermin takes `bytes.decode` on a subscripted value for Python 2's `str.decode`.
@@ -82,7 +83,8 @@ def latest(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def minimum(session: nox.Session) -> None:
-    """(b) The declared minimum versions of diffusers, accelerate, huggingface_hub and transformers, local torch."""
+    """(b) The declared minimum versions of diffusers, accelerate, huggingface_hub, transformers and matplotlib,
+    local torch."""
     pins = declared_minimums()
     session.install(LOCAL_TORCH)
     session.install("-e", ".[test]", *(pin for name, pin in pins.items() if name != "torch"))
@@ -90,12 +92,17 @@ def minimum(session: nox.Session) -> None:
     run_suite(session)
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.11", reuse_venv=False)
 def wheel(session: nox.Session) -> None:
-    """(c) A wheel built from the checkout, installed non-editable: first bare (no extras), then with `[test]`."""
+    """(c) A wheel built from the checkout, installed non-editable: first bare (no extras), then with `[test]`.
+
+    The wheel is built from the sdist (not from the checkout, where a stale `build/` directory would add modules
+    that no longer exist), into a fresh virtual environment (a reused one would not be bare).
+    """
     dist = Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
     session.install("build")
-    session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT))
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
     (built,) = dist.glob("ddpm_plus-*.whl")
     session.install(LOCAL_TORCH)
     session.install(str(built), "pytest", "pytest-xdist")
