@@ -7,10 +7,11 @@ import torch
 from ddpm_plus import DDPMPlusScheduler
 
 
-def optimal_epsilon(alpha_prod_t: float, x: torch.Tensor, mean: float, var: float) -> torch.Tensor:
-    """Bayes-optimal ε*(x_t) = √(1-ᾱ)(x_t - √ᾱ mean) / (ᾱ var + 1 - ᾱ)."""
+def optimal_epsilon(alpha_prod_t: float | torch.Tensor, x: torch.Tensor, mean: float, var: float) -> torch.Tensor:
+    """Bayes-optimal ε*(x_t) = √(1-ᾱ)(x_t - √ᾱ mean) / (ᾱ var + 1 - ᾱ); ᾱ a number, or a tensor that broadcasts
+    against x (one value per sample)."""
     ab = alpha_prod_t
-    return math.sqrt(1 - ab) * (x - math.sqrt(ab) * mean) / (ab * var + 1 - ab)
+    return (1 - ab) ** 0.5 * (x - ab**0.5 * mean) / (ab * var + 1 - ab)
 
 
 def exact_sampler_moments(scheduler: DDPMPlusScheduler, eta: float, mean: float, var: float) -> tuple[float, float]:

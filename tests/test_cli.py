@@ -1,6 +1,7 @@
 """The `ddpm-plus` command line without a model: instant help and argument errors (no torch), and output locations
 checked before anything is loaded or computed."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pipeline_fixtures import ddpm_unet
 from ddpm_plus import DDPMPlusScheduler, cli
 from ddpm_plus.cli import main
 
-HEAVY_MODULES = ("torch", "diffusers", "numpy")
+HEAVY_MODULES = ("torch", "diffusers", "numpy", "matplotlib")
 
 _IMPORTS_AFTER_SCRIPT = """
 import json
@@ -42,13 +43,14 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers(tmp_path: P
         ["bpd", "--model", "m", "--num-timesteps", "2"],  # argparse error
         ["bpd", "--model", "m", "--batch-size", "0"],  # checked value: one line, exit 2
         ["sample", "--model", "m", "--out", str(tmp_path / "file.txt" / "grid.png")],  # unwritable output
+        ["bpd", "--model", "m", "--plot", str(tmp_path / "file.txt" / "bound.png")],  # matplotlib found, not imported
     ]
     (tmp_path / "file.txt").write_text("a file, not a directory")
     script = _IMPORTS_AFTER_SCRIPT.format(argvs=argvs, heavy=HEAVY_MODULES)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["heavy"] == [], result.stderr
-    assert list(report["exit_codes"].values()) == [0, 0, 0, 2, 2, 2]
+    assert list(report["exit_codes"].values()) == [0, 0, 0, 2, 2, 2, 2]
     assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -116,6 +118,35 @@ def test_sample_refuses_an_unwritable_output_before_loading_the_model(tmp_path: 
         error = capsys.readouterr().err
         assert status == 2 and error.count("\n") == 1, error
         assert "--out" in error and expected in error and "no-such-model" not in error
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_bpd_refuses_an_unwritable_plot_before_loading_the_model(tmp_path: Path, capsys) -> None:
+    for expected, plot in unwritable_locations(tmp_path).items():
+        status = main(["bpd", "--model", str(tmp_path / "no-such-model"), "--plot", str(plot)])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1, error
+        assert "--plot" in error and expected in error and "no-such-model" not in error
+    with pytest.raises(SystemExit) as exit_info:  # the figure is a PNG file
+        main(["bpd", "--model", str(tmp_path / "no-such-model"), "--plot", str(tmp_path / "bound.pdf")])
+    assert exit_info.value.code == 2 and "must be a .png file" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_bpd_plot_without_matplotlib_is_one_line_naming_the_extra(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = importlib.util.find_spec
+
+    def find_spec(name: str, *args):  # matplotlib is not installed
+        return None if name == "matplotlib" else installed(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    status = main(["bpd", "--model", str(tmp_path / "no-such-model"), "--plot", str(tmp_path / "bound.png")])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1, error
+    assert "--plot needs matplotlib" in error and "pip install 'ddpm_plus[plot]'" in error
+    assert not (tmp_path / "bound.png").exists()
 
 
 def test_writable_output_locations_pass_and_create_nothing(tmp_path: Path) -> None:

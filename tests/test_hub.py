@@ -609,9 +609,22 @@ def test_model_card_without_optional_facts(saved, tmp_path):
     card = write_model_card(directory)
     data = card.data.to_dict()
     assert "metrics" not in data and "datasets" not in data and "model-index" not in data
-    for section in ("## Likelihood", "## Samples", "## Training settings"):
+    for section in ("## Likelihood", "## Samples", "## The bound per timestep", "## Training settings"):
         assert section not in card.text
     assert f'DDPMPlusPipeline.from_pretrained("{directory.name}")' in card.text
+
+
+def test_model_card_shows_the_figure_of_the_bound_next_to_the_samples(tmp_path_factory, tmp_path):
+    """The figure (a file or a PIL image) is stored as bound.png beside the card, which shows it after the samples."""
+    directory, _ = saved_pipeline(custom_pipeline(), tmp_path_factory)
+    figure = PIL.Image.new("RGB", (30, 12), (200, 10, 30))
+    figure.save(tmp_path / "figure.png")
+    grid = PIL.Image.new("RGB", (12, 12))
+    for given in (tmp_path / "figure.png", figure):
+        card = write_model_card(directory, bits_per_dim=2.6, sample_grid=grid, bound_figure=given)
+        shown = "![Terms of the variational bound per timestep and the rate-distortion curve](bound.png)"
+        assert shown in card.text and card.text.index("## Samples") < card.text.index("## The bound per timestep")
+        assert np.array_equal(np.asarray(PIL.Image.open(directory / "bound.png")), np.asarray(figure))
 
 
 def test_model_card_needs_a_saved_pipeline(tmp_path):

@@ -1,6 +1,6 @@
 """What a bare `pip install ddpm_plus` (no extras) can do: the scheduler, the pipelines, the exact bound and its
-estimate (scipy is a core dependency) and the embedded digits, without accelerate, 🤗 datasets or scikit-learn; and
-the one-line message when an extra is missing.
+estimate (scipy is a core dependency) and the embedded digits, without accelerate, 🤗 datasets, scikit-learn or
+matplotlib; and the one-line message when an extra is missing.
 
 `test_bare_install` runs in the wheel session of noxfile.py, in an environment where those packages are really
 absent. Everywhere else, `test_core_runs_with_the_extras_blocked` runs the same script with them made unimportable.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-EXTRAS_MODULES = ("accelerate", "datasets", "sklearn", "tensorboard", "transformers")
+EXTRAS_MODULES = ("accelerate", "datasets", "matplotlib", "sklearn", "tensorboard", "transformers")
 TESTS = Path(__file__).resolve().parent
 
 # None in sys.modules: `import name` raises ModuleNotFoundError and `importlib.util.find_spec(name)` is None, as for
@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, {tests!r})
 from pipeline_fixtures import SCHEDULER_CONFIG, tiny_unet
 
-from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler, estimate_bound
+from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler, bound_figure, estimate_bound
 from ddpm_plus.data import digits_uint8, load_image_dataset
 from ddpm_plus.training import create_accelerator
 
@@ -58,6 +58,7 @@ assert digits_uint8("test", 8).shape == (297, 8, 8)
 for call, extra in [
     (lambda: load_image_dataset("user/some-dataset"), "train"),
     (lambda: create_accelerator(project_dir="unused"), "train"),
+    (lambda: bound_figure(estimate), "plot"),
 ]:
     with pytest.raises(ModuleNotFoundError) as error:
         call()

@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 from keyed_noise import documented_noise, seeded_noise_keys
 from numpy.polynomial.hermite_e import hermegauss
+from PIL import Image
 from pipeline_fixtures import ddpm_unet
 
 from ddpm_plus.bound_estimation import (
@@ -203,9 +204,12 @@ def test_result_helpers():
     assert torch.equal(parts.total_bpd, result.total_bpd) and parts.num_evaluations == result.num_evaluations
     rate = result.rate_bpd()
     terms = result.terms_bpd.numpy()
-    for t in (0, 1, 5, 9):  # bits received once the reverse process reaches x_t: prior + KL terms at s ≥ max(t, 1)
-        expected = result.prior_bpd.numpy() + terms[:, max(t, 1) :].sum(1)
+    for t in (0, 1, 5, 9):  # bits received once the reverse process has produced x_t: prior + terms at s > t
+        expected = result.prior_bpd.numpy() + terms[:, t + 1 :].sum(1)
         np.testing.assert_allclose(rate[:, t].numpy(), expected, rtol=1e-13)
+    assert torch.equal(rate[:, 9], result.prior_bpd)  # x_{T-1} costs the prior only
+    expected = result.total_bpd.numpy() - result.decoder_bpd.numpy()  # x_0 is all but the decoder
+    np.testing.assert_allclose(rate[:, 0].numpy(), expected, rtol=1e-13)
 
 
 def result_slice(result: BoundResult, index: slice, num_steps: int) -> BoundResult:
@@ -707,6 +711,26 @@ def test_cli_estimate(saved_model, tmp_path):
     assert summary["num_evaluations"] == 3 * 9 and summary["pilot_evaluations"] == 2 * 4
     assert summary["estimator_ci95"][0] < summary["mean_bpd"] < summary["estimator_ci95"][1]
     assert all(item["ci95"][0] <= item["bpd"] <= item["ci95"][1] for item in report["images"])
+
+
+@pytest.mark.parametrize("num_timesteps", ["full", "9"])
+def test_cli_plot_writes_the_figure(saved_model, tmp_path, capsys, num_timesteps):
+    """`--plot` writes the PNG figure, for the exact bound and for the estimate (with its pilot measurement); the
+    report's rate is the prior once x_{T-1} is produced and all but the decoder once x_0 is."""
+    from ddpm_plus.plots import FIGURE_DPI, FIGURE_SIZE
+
+    plot = tmp_path / "figures" / "bound.png"
+    report = run_cli(
+        saved_model, tmp_path, "--num-timesteps", num_timesteps, "--pilot-images", "2", "--plot", str(plot)
+    )
+    assert f"wrote {plot}" in capsys.readouterr().out
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size == tuple(round(inches * FIGURE_DPI) for inches in FIGURE_SIZE)
+    summary = report["summary"]
+    if num_timesteps == "full":
+        assert summary["mean_rate_bpd"][-1] == pytest.approx(summary["mean_prior_bpd"], rel=1e-12)
+        rate_at_x0 = summary["mean_bpd"] - summary["mean_decoder_bpd"]
+        assert summary["mean_rate_bpd"][0] == pytest.approx(rate_at_x0, rel=1e-12)
 
 
 def test_cli_errors(saved_model, tmp_path, capsys):

@@ -6,6 +6,7 @@ for SIGKILL + resume (through `tests/helpers/train_with_faults.py`).
 """
 
 import errno
+import importlib.util
 import json
 import logging
 import math
@@ -281,10 +282,14 @@ def test_latest_checkpoint_ignores_temporary_and_incomplete_directories(tmp_path
 
 
 def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+    from ddpm_plus.plots import FIGURE_DPI, FIGURE_SIZE
 
     out = tmp_path / "run"
     args = ["--model_config", "digits-16", "--max_train_steps", "3", "--checkpointing_steps", "3"]
+    args += ["--bpd_steps", "2", "--report_to", "tensorboard"]  # a held-out evaluation before the final one
     assert run_main(out, *args, "--ema_max_decay", "0.9", "--num_inference_steps", "5") == 0
 
     pipeline = DDPMPlusPipeline.from_pretrained(out)
@@ -306,6 +311,16 @@ def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_pat
     assert low < bpd["bits_per_dim"] < high
     card = (out / "README.md").read_text()
     assert "bits/dim" in card and "digits" in card
+    # the figure of the held-out bound: bound.png, in the card, and in TensorBoard at each bits/dim evaluation
+    figure_pixels = tuple(round(inches * FIGURE_DPI) for inches in FIGURE_SIZE)
+    with Image.open(out / "bound.png") as figure:
+        assert figure.format == "PNG" and figure.size == figure_pixels
+    assert "![Terms of the variational bound per timestep and the rate-distortion curve](bound.png)" in card
+    events = EventAccumulator(str(out / "logs" / "ddpm_plus"), size_guidance={"images": 0})  # the tracker's run
+    events.Reload()
+    logged = events.Images("bound")
+    assert [event.step for event in logged] == [2, 3]
+    assert all((event.width, event.height) == figure_pixels for event in logged)
 
 
 def test_image_folder_with_held_out_fraction(tmp_path):
@@ -428,6 +443,7 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
         (["--output_dir", "FILE/out"], "is not a directory"),
         (["--cache_dir", "FILE/cache"], "--cache_dir"),
         (["--output_dir", "HAS_SAMPLES_DIR"], "samples.png is a directory"),
+        (["--output_dir", "HAS_BOUND_DIR"], "bound.png is a directory"),
         (["--push_to_hub", "--hub_model_id", "a/b/c", "--hub_token", "x"], "invalid repository id"),
         (["--push_to_hub", "--hub_model_id", "me/tiny"], "needs a Hub token"),
         (["--resume_from_checkpoint", "EMPTY"], "not a finished checkpoint"),
@@ -443,11 +459,26 @@ def test_bad_arguments_fail_before_training_with_one_line_and_exit_code_2(
     (tmp_path / "EMPTY").mkdir()
     (tmp_path / "FILE").write_text("a regular file")
     (tmp_path / "HAS_SAMPLES_DIR" / "samples.png").mkdir(parents=True)
+    (tmp_path / "HAS_BOUND_DIR" / "bound.png").mkdir(parents=True)
     extra = [str(tmp_path / value) if value.isupper() or value.startswith("FILE") else value for value in extra]
     out = tmp_path / "run"
     status, stderr = run_command_line(capsys, out, *extra)
     assert message in error_line(status, stderr) and len(stderr) == 1
     assert not out.exists() and not (tmp_path / "FILE").is_dir()
+
+
+def test_training_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+    installed = importlib.util.find_spec
+
+    def find_spec(name: str, *args):  # matplotlib is not installed
+        return None if name == "matplotlib" else installed(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    out = tmp_path / "run"
+    status, stderr = run_command_line(capsys, out, "--max_train_steps", "1")
+    message = error_line(status, stderr)
+    assert "needs matplotlib" in message and "pip install 'ddpm_plus[train]'" in message
+    assert not out.exists()
 
 
 def test_a_schedule_that_needs_settings_the_script_lacks_is_not_offered(capsys):

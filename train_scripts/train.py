@@ -6,7 +6,8 @@
 
 With no data argument it trains the ~1M-parameter `digits-16` UNet on the embedded digits (the UCI handwritten
 digits shipped in the package, at 16x16, fixed held-out split) and writes a `DDPMPlusPipeline` with the EMA weights,
-its model card, a sample grid `samples.png` and the held-out bits/dim `bpd.json` to `--output_dir`.
+its model card, a sample grid `samples.png`, the held-out bits/dim `bpd.json` and its figure `bound.png` (the terms
+per timestep and the rate-distortion curve) to `--output_dir`.
 
 Several processes: `accelerate launch --multi_gpu --num_processes N train_scripts/train.py ...` (DDP; on a machine
 without GPUs the processes form a gloo group on the CPUs). Checkpoints (`--checkpointing_steps`) are written
@@ -187,7 +188,8 @@ def train(trainer: Trainer) -> None:
 
 
 def save_outputs(trainer: Trainer) -> None:
-    """The EMA pipeline, `samples.png`, `bpd.json` and the model card in --output_dir; optionally push to the Hub.
+    """The EMA pipeline, `samples.png`, `bpd.json`, `bound.png` and the model card in --output_dir; optionally push
+    to the Hub.
 
     Only finite weights are evaluated and saved; a failed write (a full disk) is one line naming the intact checkpoint.
     """
@@ -208,7 +210,8 @@ def save_outputs(trainer: Trainer) -> None:
 
 
 def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str, Any]:
-    """Held-out bits/dim, public training settings, data set name and sample grid for `write_model_card`."""
+    """Held-out bits/dim and its figure, public training settings, data set name and sample grid for
+    `write_model_card`."""
     bpd = results.get("bpd")
     resolution = trainer.setup.resolution
     return {
@@ -217,6 +220,7 @@ def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str,
         "training_args": public_settings(trainer.args),
         "dataset_name": data_source(trainer.args) or f"UCI handwritten digits ({resolution}x{resolution})",
         "sample_grid": results["grid"],
+        "bound_figure": results.get("bound_figure"),
     }
 
 

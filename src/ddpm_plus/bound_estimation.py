@@ -3,9 +3,9 @@
 `estimate_bound` computes the prior and the decoder term exactly, and the sum of the T-1 KL terms by stratified
 importance sampling of timesteps, per image and for the data-set mean, at a small fraction of the network
 evaluations of `ddpm_plus.likelihood.variational_bound` (`schedule_profile` and `pilot_profile` shape the timestep
-proposal). With the same generator(s) it draws the same noise as the exact bound (see `ddpm_plus.likelihood`), so
-it estimates exactly the value that `variational_bound` computes. `evaluate_terms` gives the bound terms at any plan
-of (image, timestep) pairs.
+proposal; `pilot_terms` is the measurement behind a pilot profile). With the same generator(s) it draws the same
+noise as the exact bound (see `ddpm_plus.likelihood`), so it estimates exactly the value that `variational_bound`
+computes. `evaluate_terms` gives the bound terms at any plan of (image, timestep) pairs.
 
 This module belongs to the ddpm_plus package only: saved pipeline directories and community folders carry the exact
 bound (`ddpm_plus.likelihood`), on which it builds.
@@ -30,6 +30,7 @@ from .likelihood import (
     draw_noise_keys,
     evaluate_plan,
     prepare_evaluation,
+    tail_sums,
 )
 from .scheduling_ddpm_plus import DDPMPlusScheduler, check_generators
 
@@ -44,7 +45,8 @@ class BoundEstimate(PerImageResults):
 
     The estimand is the exact bound of each image for the same noise (see `estimate_bound`). Variances come from
     stratified sampling with ≥ 2 draws per stratum; intervals use Student's t with Welch-Satterthwaite degrees of
-    freedom.
+    freedom. The draws themselves (S strata of m draws each) are kept for figures (`ddpm_plus.plots`); they are None
+    in an estimate built without them.
 
     Attributes:
         total_bpd: (B,) estimate of the total bound: prior (exact) + decoder (exact) + Σ KL (estimated).
@@ -54,6 +56,13 @@ class BoundEstimate(PerImageResults):
         decoder_bpd: (B,) the decoder term L_0.
         kl_bpd: (B,) the estimate of Σ_{t≥1} KL terms.
         num_evaluations: network evaluations spent on these images.
+        sampled_timesteps: (B, S·m) long, the timesteps drawn, stratum by stratum (columns s·m to s·m + m - 1
+            belong to stratum s).
+        sampled_terms_bpd: (B, S·m) the KL term at each drawn timestep (not weighted).
+        sampled_x0_mse: (B, S·m) the x̂_0 MSE at each drawn timestep (mean over dimensions, [-1, 1] scale).
+        stratum_bounds: (B, S + 1) long, the strata's timestep boundaries (`TimestepStrata.bounds`): stratum s holds
+            bounds[s] ≤ t < bounds[s+1]. The same for every image of one `estimate_bound` call.
+        stratum_kl_bpd: (B, S) the estimate of Σ_{t∈s} KL_t in each stratum s; their sum is `kl_bpd`.
     """
 
     total_bpd: torch.Tensor
@@ -63,6 +72,11 @@ class BoundEstimate(PerImageResults):
     decoder_bpd: torch.Tensor
     kl_bpd: torch.Tensor
     num_evaluations: int
+    sampled_timesteps: torch.Tensor | None = None
+    sampled_terms_bpd: torch.Tensor | None = None
+    sampled_x0_mse: torch.Tensor | None = None
+    stratum_bounds: torch.Tensor | None = None
+    stratum_kl_bpd: torch.Tensor | None = None
 
     def interval(self, confidence: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image two-sided confidence interval (low, high) of the exact bound."""
@@ -85,6 +99,19 @@ class BoundEstimate(PerImageResults):
         dof = welch_satterthwaite_dof(variances, self.degrees_of_freedom)
         half_width = student_t_quantile(confidence, dof) * self.mean_standard_error
         return self.mean_bpd - half_width.item(), self.mean_bpd + half_width.item()
+
+    def check_draws(self) -> None:
+        """ValueError unless the estimate holds its draws (`sampled_*`, `stratum_*`), as `estimate_bound`'s do."""
+        draws = (self.sampled_timesteps, self.sampled_terms_bpd, self.sampled_x0_mse, self.stratum_bounds)
+        if any(value is None for value in (*draws, self.stratum_kl_bpd)):
+            raise ValueError("this estimate holds no per-draw data (sampled_*, stratum_*); estimate_bound records it.")
+
+    def stratum_rate_bpd(self) -> torch.Tensor:
+        """(B, S) unbiased estimate of the rate of the rate/distortion curve (`BoundResult.rate_bpd`) at the highest
+        timestep of each stratum, t = bounds[s+1] - 1: the prior plus the estimates of the strata above stratum s,
+        the bits received once the reverse process has produced x_t there (the lowest rate within the stratum)."""
+        self.check_draws()
+        return self.prior_bpd[:, None] + tail_sums(self.stratum_kl_bpd)
 
 
 def welch_satterthwaite_dof(variances: torch.Tensor, dofs: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -266,6 +293,53 @@ def pilot_timesteps(num_steps: int, num_timesteps: int) -> torch.Tensor:
     return torch.logspace(0, math.log10(num_steps - 1), num_timesteps, dtype=torch.float64).round().long().unique()
 
 
+@dataclass
+class PilotTerms:
+    """The KL terms of a few pilot images on a grid of timesteps (`pilot_terms`), the measurement behind
+    `pilot_profile`.
+
+    Attributes:
+        timesteps: (K,) long, the pilot timesteps (`pilot_timesteps`), increasing.
+        terms_bpd: (B, K) float64, the KL term of each pilot image at each pilot timestep, in bits/dim.
+        num_train_timesteps: T, the length of the chain.
+    """
+
+    timesteps: torch.Tensor
+    terms_bpd: torch.Tensor
+    num_train_timesteps: int
+
+    def profile(self) -> torch.Tensor:
+        """(T,) √(mean of KL_t²) over the pilot images, interpolated linearly in log space between the pilot
+        timesteps (index 0 holds 0): a proposal profile for `make_strata`."""
+        log_rms = self.terms_bpd.square().mean(0).sqrt().clamp(min=1e-30).log()
+        log_profile = np.interp(np.arange(1, self.num_train_timesteps), self.timesteps.numpy(), log_rms.numpy())
+        return torch.cat([torch.zeros(1, dtype=torch.float64), torch.from_numpy(log_profile).exp()])
+
+
+def pilot_terms(
+    model: Any,
+    x0: torch.Tensor,
+    scheduler: DDPMPlusScheduler | None = None,
+    *,
+    num_timesteps: int = 32,
+    generator: GeneratorLike = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    clip_denoised: bool = False,
+    progress: bool = True,
+) -> PilotTerms:
+    """The KL terms of a few pilot images at `pilot_timesteps(T, num_timesteps)` (geometrically spaced, dense at
+    small t where they change fast). Costs B · num_timesteps network evaluations (fewer when timesteps coincide).
+    Arguments as in `evaluate_terms`; the images may be continuous (no decoder term is evaluated)."""
+    network, scheduler, generator = prepare_evaluation(model, scheduler, x0, generator, max_batch_size)
+    check_images(x0, network, needs_8bit=False)
+    num_steps = scheduler.config.num_train_timesteps
+    grid = pilot_timesteps(num_steps, num_timesteps)
+    plan = grid.expand(x0.shape[0], -1)
+    keys = draw_noise_keys(generator, x0.shape[0])
+    terms = evaluate_plan(network, scheduler, x0, plan, keys, max_batch_size, clip_denoised, progress)
+    return PilotTerms(timesteps=grid, terms_bpd=terms.terms_bpd, num_train_timesteps=num_steps)
+
+
 def pilot_profile(
     model: Any,
     x0: torch.Tensor,
@@ -279,21 +353,20 @@ def pilot_profile(
 ) -> torch.Tensor:
     """A cheap (T,) profile of the KL terms for `make_strata`: √(mean of KL_t²) over a few pilot images.
 
-    The terms are evaluated at `pilot_timesteps(T, num_timesteps)` (geometrically spaced, dense at small t where
-    they change fast) and interpolated linearly in log space; the root mean square makes p_t ∝ √E[KL_t²], the
-    proposal of Nichol & Dhariwal 2021 (sec. 3.3). Costs B · num_timesteps network evaluations (fewer when
-    timesteps coincide). Arguments as in `evaluate_terms`.
+    The terms are measured by `pilot_terms` and interpolated linearly in log space (`PilotTerms.profile`); the root
+    mean square makes p_t ∝ √E[KL_t²], the proposal of Nichol & Dhariwal 2021 (sec. 3.3). Arguments as in
+    `pilot_terms`.
     """
-    network, scheduler, generator = prepare_evaluation(model, scheduler, x0, generator, max_batch_size)
-    check_images(x0, network, needs_8bit=False)
-    num_steps = scheduler.config.num_train_timesteps
-    grid = pilot_timesteps(num_steps, num_timesteps)
-    plan = grid.expand(x0.shape[0], -1)
-    keys = draw_noise_keys(generator, x0.shape[0])
-    terms = evaluate_plan(network, scheduler, x0, plan, keys, max_batch_size, clip_denoised, progress)
-    log_rms = terms.terms_bpd.square().mean(0).sqrt().clamp(min=1e-30).log()
-    log_profile = np.interp(np.arange(1, num_steps), grid.numpy(), log_rms.numpy())
-    return torch.cat([torch.zeros(1, dtype=torch.float64), torch.from_numpy(log_profile).exp()])
+    return pilot_terms(
+        model,
+        x0,
+        scheduler,
+        num_timesteps=num_timesteps,
+        generator=generator,
+        max_batch_size=max_batch_size,
+        clip_denoised=clip_denoised,
+        progress=progress,
+    ).profile()
 
 
 def _uniforms(generator: GeneratorLike, batch_size: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -330,7 +403,8 @@ def estimate_bound(
     estimated without bias); the intervals use Student's t with Welch-Satterthwaite degrees of freedom. Like the
     exact bound, the estimate is also an unbiased draw of the expected bound E_ε[L] (whose noise the standard error
     does not include). Costs 1 + m · S network evaluations per image (S ≤ num_strata strata; default 99 ≈ T/10
-    for T = 1000).
+    for T = 1000). The result keeps the draws and the per-stratum estimates (`sampled_*`, `stratum_*`) for figures
+    (`ddpm_plus.plots`).
 
     Args:
         model, x0, scheduler, max_batch_size, clip_denoised, progress: as in `variational_bound`.
@@ -355,10 +429,11 @@ def estimate_bound(
     timestep_generator = generator if timestep_generator is None else check_generators(timestep_generator, batch)
     timesteps, weights = strata.sample(_uniforms(timestep_generator, batch, (strata.num_strata, draws)))
     plan = torch.cat([torch.zeros(batch, 1, dtype=torch.long), timesteps.reshape(batch, -1)], dim=1)
-    terms = evaluate_plan(network, scheduler, x0, plan, keys, max_batch_size, clip_denoised, progress).terms_bpd
-    weighted_kl = terms[:, 1:].reshape(batch, -1, draws) * weights  # (B, S, m)
+    terms = evaluate_plan(network, scheduler, x0, plan, keys, max_batch_size, clip_denoised, progress)
+    weighted_kl = terms.terms_bpd[:, 1:].reshape(batch, -1, draws) * weights  # (B, S, m)
     variances = weighted_kl.var(dim=2, correction=1) / draws
-    prior, decoder, kl = scheduler.prior_bpd(x0.cpu().double()), terms[:, 0], weighted_kl.mean(2).sum(1)
+    stratum_kl = weighted_kl.mean(2)
+    prior, decoder, kl = scheduler.prior_bpd(x0.cpu().double()), terms.terms_bpd[:, 0], stratum_kl.sum(1)
     return BoundEstimate(
         total_bpd=prior + decoder + kl,
         standard_error=variances.sum(1).sqrt(),
@@ -367,4 +442,9 @@ def estimate_bound(
         decoder_bpd=decoder,
         kl_bpd=kl,
         num_evaluations=plan.numel(),
+        sampled_timesteps=plan[:, 1:],
+        sampled_terms_bpd=terms.terms_bpd[:, 1:],
+        sampled_x0_mse=terms.x0_mse[:, 1:],
+        stratum_bounds=strata.bounds.repeat(batch, 1),
+        stratum_kl_bpd=stratum_kl,
     )

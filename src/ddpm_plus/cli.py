@@ -8,6 +8,7 @@ A user error (an invalid value, an unwritable output, a bad model or data set) i
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -27,14 +28,15 @@ BPD_DESCRIPTION = """\
 Bits/dim of a saved DDPM pipeline on a data set, exact or estimated, with a JSON report.
 
     ddpm-plus bpd --model DIR --data digits --split test --num-timesteps full --output results.json
-    ddpm-plus bpd --model DIR --data path/to/images --split train --num-timesteps 100
+    ddpm-plus bpd --model DIR --data path/to/images --split train --num-timesteps 100 --plot bound.png
 
 `--num-timesteps full` computes the exact variational bound over all T timesteps (T network evaluations per
 image); `--num-timesteps N` spends at most N evaluations per image (the decoder plus 2 draws in each of
 ⌊(N-1)/2⌋ strata) on the unbiased stratified estimate (`estimate_bound`) of that same exact value, after a small
 pilot run that shapes the timestep proposal. Each image draws its noise key from its own generator, seeded from
 `--seed` and the image's index, so per-image results do not depend on `--batch-size`, and an estimate uses the
-noise of the exact run with the same `--seed`.
+noise of the exact run with the same `--seed`. `--plot FILE.png` draws the bound's terms per timestep and the
+rate–distortion curve (ddpm_plus.plots; needs the extra ddpm_plus[plot]).
 
 Images must have an exact 8-bit form: 16-bit, float and transparent images are refused (see ddpm_plus.data).
 """
@@ -118,6 +120,9 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="write per-image results and settings as JSON")
+    parser.add_argument(
+        "--plot", type=_png_path, default=None, help="write the figure of the terms and the rate-distortion curve (PNG)"
+    )
     parser.set_defaults(module="ddpm_plus.cli_bpd", check=_check_bpd_arguments)
 
 
@@ -129,6 +134,9 @@ def _check_bpd_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-images must be positive, got {args.max_images}.")
     if args.output is not None:
         check_output_file(args.output, "--output")
+    if args.plot is not None:
+        check_extra_installed("matplotlib", "plot", "--plot")
+        check_output_file(args.plot, "--plot")
 
 
 def _add_subcommand(
@@ -168,7 +176,14 @@ def _num_timesteps(value: str) -> int | str:
     return number
 
 
-# --------------------------------------------------------------------------------------------- output locations
+# --------------------------------------------------------------------------------------------- extras and outputs
+
+
+def check_extra_installed(module: str, extra: str, what: str) -> None:
+    """Raise a `ValueError` naming the `ddpm_plus[extra]` install unless `module` can be imported (looked up, not
+    imported), so that `what` fails at once rather than after the work."""
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{what} needs {module}, an optional dependency: pip install 'ddpm_plus[{extra}]'")
 
 
 def check_output_file(path: Path, option: str) -> None:

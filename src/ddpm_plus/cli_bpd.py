@@ -1,4 +1,5 @@
-"""`ddpm-plus bpd`: bits/dim of a saved DDPM pipeline on a data set, exact or estimated, with a JSON report.
+"""`ddpm-plus bpd`: bits/dim of a saved DDPM pipeline on a data set, exact or estimated, with a JSON report and a
+figure.
 
 The arguments, their checks (the output location included) and the usage text are in `ddpm_plus.cli`, which
 imports this module (torch, diffusers) only to run the command; user errors are `ValueError`s, which `cli.main`
@@ -18,13 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_plus.bound_estimation import (
-    BoundEstimate,
-    estimate_bound,
-    pilot_profile,
-    pilot_timesteps,
-    student_t_quantile,
-)
+from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms, estimate_bound, pilot_terms, student_t_quantile
 from ddpm_plus.cli import SAMPLES_PER_STRATUM
 from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.pipeline_ddpm_plus import image_size
@@ -39,15 +34,23 @@ def run(args: argparse.Namespace) -> int:
     images = load_images(args.data, args.split, unet.config, args.max_images)
     start = time.perf_counter()
     if args.num_timesteps == "full":
-        report = _exact_report(unet, scheduler, images, args)
+        result, pilot = _exact_bound(unet, scheduler, images, args), None
+        report = _exact_report(result)
     else:
-        report = _estimate_report(unet, scheduler, images, args)
+        pilot = _pilot_terms(unet, scheduler, images, args)
+        result = _estimated_bound(unet, scheduler, images, pilot, args)
+        report = _estimate_report(result, pilot)
     report["summary"]["seconds"] = round(time.perf_counter() - start, 3)
     report["settings"] = _settings(args, scheduler)
     print(_summary_line(report["summary"]))
     if args.output is not None:
         write_json(args.output, report)
         print(f"wrote {args.output}")
+    if args.plot is not None:
+        from ddpm_plus.plots import save_bound_figure
+
+        save_bound_figure(result, args.plot, pilot=pilot, model_name=Path(args.model).resolve().name)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -110,10 +113,13 @@ def _over_image_batches(
     return parts
 
 
-def _exact_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+def _exact_bound(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> BoundResult:
     num_steps = scheduler.config.num_train_timesteps
     exact_bound = functools.partial(variational_bound, unet, scheduler=scheduler)
-    result = BoundResult.concat(_over_image_batches(exact_bound, images, args, num_steps, "bpd (exact)"))
+    return BoundResult.concat(_over_image_batches(exact_bound, images, args, num_steps, "bpd (exact)"))
+
+
+def _exact_report(result: BoundResult) -> dict[str, Any]:
     summary = {
         **_over_images(result.total_bpd),
         "num_evaluations": result.num_evaluations,
@@ -132,12 +138,11 @@ def _exact_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argpars
     return {"summary": summary, "images": per_image}
 
 
-def _estimate_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
-    pilot = images[: args.pilot_images]
-    num_steps = scheduler.config.num_train_timesteps
-    profile = pilot_profile(
+def _pilot_terms(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> PilotTerms:
+    """The pilot measurement that shapes the estimator's proposal, on the first `--pilot-images` images."""
+    return pilot_terms(
         unet,
-        pilot,
+        images[: args.pilot_images],
         scheduler,
         num_timesteps=args.pilot_timesteps,
         generator=torch.Generator().manual_seed(args.seed),
@@ -145,22 +150,29 @@ def _estimate_report(unet: Any, scheduler: Any, images: torch.Tensor, args: argp
         clip_denoised=args.clip_denoised,
         progress=False,
     )
-    num_strata = (args.num_timesteps - 1) // SAMPLES_PER_STRATUM
+
+
+def _estimated_bound(
+    unet: Any, scheduler: Any, images: torch.Tensor, pilot: PilotTerms, args: argparse.Namespace
+) -> BoundEstimate:
     estimated_bound = functools.partial(
         estimate_bound,
         unet,
         scheduler=scheduler,
-        num_strata=num_strata,
+        num_strata=(args.num_timesteps - 1) // SAMPLES_PER_STRATUM,
         samples_per_stratum=SAMPLES_PER_STRATUM,
-        profile=profile,
+        profile=pilot.profile(),
     )
     estimates = _over_image_batches(estimated_bound, images, args, args.num_timesteps, "bpd (estimate)")
-    estimate = BoundEstimate.concat(estimates)
+    return BoundEstimate.concat(estimates)
+
+
+def _estimate_report(estimate: BoundEstimate, pilot: PilotTerms) -> dict[str, Any]:
     low, high = estimate.interval(0.95)
     summary = {
         **_over_images(estimate.total_bpd),
         "num_evaluations": estimate.num_evaluations,
-        "pilot_evaluations": len(pilot) * len(pilot_timesteps(num_steps, args.pilot_timesteps)),
+        "pilot_evaluations": pilot.terms_bpd.numel(),
         "estimator_standard_error": estimate.mean_standard_error,
         "estimator_ci95": list(estimate.mean_interval(0.95)),
         "mean_prior_bpd": estimate.prior_bpd.mean().item(),

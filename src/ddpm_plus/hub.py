@@ -54,7 +54,7 @@ def push_pipeline_to_hub(
         token: a Hub token; only passed to `huggingface_hub`, never written or logged.
         create_pr: open a pull request instead of committing to the main branch.
         model_card_kwargs: `ddpm_plus.model_card.write_model_card` arguments (bits_per_dim, training_args,
-            dataset_name, sample_grid, license, ...).
+            dataset_name, sample_grid, bound_figure, license, ...).
 
     Returns:
         The `huggingface_hub.CommitInfo` of the upload.

@@ -71,16 +71,17 @@ _Results = TypeVar("_Results", bound="PerImageResults")
 
 
 class PerImageResults:
-    """Dataclass base: per-image tensor fields (batch first) and a `num_evaluations` count, joined over batches."""
+    """Dataclass base: per-image tensor fields (batch first; optional ones may be None) and a `num_evaluations`
+    count, joined over batches."""
 
     @classmethod
     def concat(cls: type[_Results], parts: Sequence[_Results]) -> _Results:
-        """Join the results of several batches of images into one."""
-        per_image = {
-            field.name: torch.cat([getattr(part, field.name) for part in parts])
-            for field in fields(cls)
-            if field.name != "num_evaluations"
-        }
+        """Join the results of several batches of images into one; a field that is None in every part stays None."""
+        per_image = {}
+        for field in fields(cls):
+            if field.name != "num_evaluations":
+                values = [getattr(part, field.name) for part in parts]
+                per_image[field.name] = None if all(value is None for value in values) else torch.cat(values)
         return cls(**per_image, num_evaluations=sum(part.num_evaluations for part in parts))
 
 
@@ -108,10 +109,17 @@ class BoundResult(PerImageResults):
     num_evaluations: int
 
     def rate_bpd(self) -> torch.Tensor:
-        """(B, T) rate of the paper's rate/distortion curve (sec. 4.3): the prior plus the KL terms at timesteps
-        ≥ max(t, 1), i.e. the bits received once the reverse process has reached x_t; pair with `x0_mse`."""
-        kl_terms = torch.cat([torch.zeros_like(self.terms_bpd[:, :1]), self.terms_bpd[:, 1:]], dim=1)
-        return self.prior_bpd[:, None] + kl_terms.flip(1).cumsum(1).flip(1)
+        """(B, T) rate of the paper's rate/distortion curve (sec. 4.3, Fig. 5): the bits received once the reverse
+        process has produced x_t (0-based t), L_T + Σ_{s>t} terms_bpd[:, s], since the term at s pays for x_{s-1}
+        given x_s. So rate[:, T-1] is the prior and rate[:, 0] = total - decoder. Column t pairs with `x0_mse[:, t]`,
+        the distortion of x̂_0 predicted from x_t."""
+        return self.prior_bpd[:, None] + tail_sums(self.terms_bpd)
+
+
+def tail_sums(values: torch.Tensor) -> torch.Tensor:
+    """(B, N) the sums Σ_{s>t} values[:, s] of the columns after each column t (0 after the last one)."""
+    from_column = values.flip(1).cumsum(1).flip(1)  # Σ_{s≥t}
+    return torch.cat([from_column[:, 1:], torch.zeros_like(from_column[:, :1])], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

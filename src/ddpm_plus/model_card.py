@@ -2,8 +2,8 @@
 
 `write_model_card(directory, ...)` renders the model card (README.md with YAML metadata) of a directory written by
 `DDPMPlusPipeline.save_pretrained`, from the template `templates/ddpm_plus_model_card.md`, with the held-out
-bits/dim, the training settings and a sample grid when given. Setting names that look like secrets (token,
-password, ...) are left out of the card.
+bits/dim, the training settings, a sample grid and the figure of the bound (`ddpm_plus.plots`) when given. Setting
+names that look like secrets (token, password, ...) are left out of the card.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MODEL_CARD_TEMPLATE = Path(__file__).parent / "templates" / "ddpm_plus_model_card.md"
 SAMPLE_GRID_FILE = "sample_grid.png"
+BOUND_FIGURE_FILE = "bound.png"
 CARD_TAGS = ("ddpm_plus", "unconditional-image-generation", "diffusers", "ddpm", "diffusion")
 
 
@@ -37,9 +38,10 @@ def write_model_card(
     training_args: Settings | None = None,
     dataset_name: str | None = None,
     sample_grid: Image.Image | str | Path | None = None,
+    bound_figure: Image.Image | str | Path | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
-    """Write `README.md` (and `sample_grid.png`) into a saved pipeline directory and return the card.
+    """Write `README.md` (and `sample_grid.png`, `bound.png`) into a saved pipeline directory and return the card.
 
     Args:
         directory: a directory written by `DDPMPlusPipeline.save_pretrained` (its configs and weights are read).
@@ -51,12 +53,16 @@ def write_model_card(
             look like secrets (token, password, ...) are left out.
         dataset_name: the training data set.
         sample_grid: a PIL image or an image file of samples, stored as `sample_grid.png`.
+        bound_figure: a PIL image or an image file of the bound's figure (`ddpm_plus.plots.save_bound_figure`: the
+            terms per timestep and the rate-distortion curve), stored as `bound.png`.
         license: the license identifier for the metadata.
     """
     directory = Path(directory)
     repo_id = repo_id or directory.absolute().name
     if sample_grid is not None:
-        _write_sample_grid(sample_grid, directory / SAMPLE_GRID_FILE)
+        _write_image(sample_grid, directory / SAMPLE_GRID_FILE)
+    if bound_figure is not None:
+        _write_image(bound_figure, directory / BOUND_FIGURE_FILE)
     card = ModelCard.from_template(
         _card_data(repo_id, bits_per_dim, dataset_name, license),
         template_path=str(MODEL_CARD_TEMPLATE),
@@ -66,6 +72,7 @@ def write_model_card(
         bits_per_dim_standard_error=bits_per_dim_standard_error,
         dataset_name=dataset_name,
         sample_grid=SAMPLE_GRID_FILE if sample_grid is not None else None,
+        bound_figure=BOUND_FIGURE_FILE if bound_figure is not None else None,
         training_args=sorted((name, str(value)) for name, value in public_settings(training_args).items()),
         **_model_facts(directory),
     )
@@ -134,9 +141,10 @@ def _count_parameters(unet_directory: Path) -> int:
     return total
 
 
-def _write_sample_grid(sample_grid: Image.Image | str | Path, path: Path) -> None:
-    if isinstance(sample_grid, (str, Path)):
-        if Path(sample_grid).resolve() != path.resolve():
-            shutil.copyfile(sample_grid, path)
+def _write_image(image: Image.Image | str | Path, path: Path) -> None:
+    """Save a PIL image as PNG at `path`, or copy an image file there (unless it is that file)."""
+    if isinstance(image, (str, Path)):
+        if Path(image).resolve() != path.resolve():
+            shutil.copyfile(image, path)
     else:
-        sample_grid.save(path, format="PNG")
+        image.save(path, format="PNG")

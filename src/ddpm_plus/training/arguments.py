@@ -13,7 +13,7 @@ from diffusers.optimization import SchedulerType
 from huggingface_hub import get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ddpm_plus.cli import check_output_directory, check_output_file
+from ddpm_plus.cli import check_extra_installed, check_output_directory, check_output_file
 from ddpm_plus.extras import import_extra
 from ddpm_plus.models import available_configs
 from ddpm_plus.scheduling_ddpm_plus import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
@@ -30,7 +30,7 @@ LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType if kind is not Schedu
 MIN_TRAIN_TIMESTEPS = 2
 """The held-out bits/dim needs the decoder term (t = 0) and at least one KL term; T = 1 would fail after training."""
 # What a run writes into --output_dir besides its checkpoints: checked before the first step.
-OUTPUT_FILES = ("samples.png", "bpd.json", "README.md", "model_index.json")
+OUTPUT_FILES = ("samples.png", "bpd.json", "bound.png", "README.md", "model_index.json")
 OUTPUT_DIRECTORIES = ("unet", "scheduler", "samples", "logs")
 
 
@@ -229,6 +229,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.num_inference_steps is not None and args.num_inference_steps > args.num_train_timesteps:
         raise ValueError("--num_inference_steps cannot exceed --num_train_timesteps.")
     _check_tracker(args.report_to)
+    check_extra_installed("matplotlib", "train", "training (the figure of the held-out bound, bound.png)")
     check_output_locations(args)
     _check_hub_arguments(args)
     if args.hub_token is not None:

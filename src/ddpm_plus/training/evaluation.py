@@ -1,5 +1,5 @@
-"""Evaluation during and after training: a sample grid of the pipeline, and an unbiased estimate of the held-out
-bits/dim (eq. 5) with its standard error, as the record that `bpd.json` holds."""
+"""Evaluation during and after training: a sample grid of the pipeline, an unbiased estimate of the held-out
+bits/dim (eq. 5) with its standard error, as the record that `bpd.json` holds, and its figure (`ddpm_plus.plots`)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ddpm_plus import estimate_bound, pilot_profile
+from ddpm_plus.bound_estimation import estimate_bound, pilot_terms
 from ddpm_plus.data import make_grid
 from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+from ddpm_plus.plots import bound_figure, figure_image
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from diffusers import UNet2DModel
+    from matplotlib.figure import Figure
 
-    from ddpm_plus import BoundEstimate
+    from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms
 
 MIN_GRID_SIDE = 256  # sample grids of small images are enlarged (nearest neighbour) to at least this many pixels
-PILOT_IMAGES = 16  # held-out images whose terms at every timestep set the strata of the bits/dim estimator
+PILOT_IMAGES = 16  # held-out images whose terms on the pilot timesteps set the strata of the bits/dim estimator
 
 
 def evaluation_pipeline(unet: UNet2DModel, noise_scheduler: DDPMPlusScheduler) -> DDPMPlusPipeline:
@@ -55,22 +57,24 @@ def heldout_bpd(
     samples_per_stratum: int,
     max_batch_size: int,
     seed: int,
-) -> BoundEstimate:
-    """Unbiased estimate of the held-out bits/dim (eq. 5), stratified over timesteps with a pilot profile."""
+) -> tuple[BoundEstimate, PilotTerms]:
+    """Unbiased estimate of the held-out bits/dim (eq. 5), stratified over timesteps with the profile of a pilot
+    measurement on the first PILOT_IMAGES images; returns the estimate and the pilot measurement."""
     common = {"max_batch_size": max_batch_size, "progress": False}
-    profile = pilot_profile(
+    pilot = pilot_terms(
         unet, images[:PILOT_IMAGES], noise_scheduler, generator=torch.Generator().manual_seed(seed), **common
     )
-    return estimate_bound(
+    estimate = estimate_bound(
         unet,
         images,
         noise_scheduler,
         num_strata=num_strata,
         samples_per_stratum=samples_per_stratum,
-        profile=profile,
+        profile=pilot.profile(),
         generator=torch.Generator().manual_seed(seed + 1),
         **common,
     )
+    return estimate, pilot
 
 
 def bpd_record(
@@ -94,6 +98,17 @@ def bpd_record(
         "samples_per_stratum": samples_per_stratum,
         "network_evaluations": estimate.num_evaluations,
     }
+
+
+def heldout_bound_figure(estimate: BoundEstimate, pilot: PilotTerms, *, run_name: str, step: int) -> Figure:
+    """The figure of the held-out estimate (`ddpm_plus.plots.bound_figure`): the sampled terms with the pilot
+    measurement, and the rate–distortion curve per stratum; titled with the run and the step."""
+    return bound_figure(estimate, pilot=pilot, model_name=f"{run_name}, step {step}, held-out")
+
+
+def log_figure(accelerator: Accelerator, name: str, figure: Figure, step: int) -> None:
+    """Log a matplotlib figure, rendered by its canvas, to the trackers that take images (TensorBoard)."""
+    log_image(accelerator, name, figure_image(figure), step)
 
 
 def log_image(accelerator: Accelerator, name: str, image: Image.Image, step: int) -> None:

@@ -31,7 +31,15 @@ from ddpm_plus.training.checkpoints import (
 )
 from ddpm_plus.training.data_order import ShardedBatchSampler, optimizer_step_batches
 from ddpm_plus.training.errors import TrainingError
-from ddpm_plus.training.evaluation import bpd_record, evaluation_pipeline, heldout_bpd, log_image, sample_grid
+from ddpm_plus.training.evaluation import (
+    bpd_record,
+    evaluation_pipeline,
+    heldout_bound_figure,
+    heldout_bpd,
+    log_figure,
+    log_image,
+    sample_grid,
+)
 from ddpm_plus.training.launch import log_on_main_process
 from ddpm_plus.training.resume import changed_settings, check_resumable, run_signature
 from ddpm_plus.training.step import StepOutput, TrainingStep, all_finite, set_optimizer_hyperparameters
@@ -43,7 +51,7 @@ if TYPE_CHECKING:
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
-    from ddpm_plus import BoundEstimate
+    from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
     from ddpm_plus.training.run_setup import RunSetup
 
@@ -251,15 +259,18 @@ class Trainer:
         return evaluation_pipeline(unet, self.setup.noise_scheduler)
 
     def evaluate(self, *, images: bool, bpd: bool, final: bool = False) -> dict[str, Any]:
-        """Sample grid and/or held-out bits/dim on the main process; the others wait. The results ("grid": the
-        grid's path, "bpd": the bits/dim record) are the final outputs `samples.png` and `bpd.json` with `final`."""
+        """Sample grid and/or held-out bits/dim (with its figure, logged to TensorBoard) on the main process; the
+        others wait. The results ("grid": the grid's path, "bpd": the bits/dim record, "bound_figure": the figure's
+        path, or None) are the final outputs `samples.png`, `bpd.json` and `bound.png` with `final`."""
         results: dict[str, Any] = {}
         if self.accelerator.is_main_process and (images or (bpd and self.setup.eval_images is not None)):
             unet = self.evaluation_unet()
             if images:
                 results["grid"] = self._save_grid(self._sample_grid(unet), final)
             if bpd and self.setup.eval_images is not None:
-                results["bpd"] = self._record_bpd(self._heldout_bpd(unet), final)
+                estimate, pilot = self._heldout_bpd(unet)
+                results["bpd"] = self._record_bpd(estimate, final)
+                results["bound_figure"] = self._log_bound_figure(estimate, pilot, final)
         self.accelerator.wait_for_everyone()
         return results
 
@@ -273,7 +284,7 @@ class Trainer:
             device=self.accelerator.device,
         )
 
-    def _heldout_bpd(self, unet: UNet2DModel) -> BoundEstimate:
+    def _heldout_bpd(self, unet: UNet2DModel) -> tuple[BoundEstimate, PilotTerms]:
         args = self.args
         return heldout_bpd(
             unet,
@@ -291,6 +302,17 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
         log_image(self.accelerator, "samples", grid, self.global_step)
+        return path
+
+    def _log_bound_figure(self, estimate: BoundEstimate, pilot: PilotTerms, final: bool) -> Path | None:
+        """Log the figure of the held-out bound to TensorBoard; the final one is also written as `bound.png`."""
+        output_dir = Path(self.args.output_dir)
+        figure = heldout_bound_figure(estimate, pilot, run_name=output_dir.absolute().name, step=self.global_step)
+        log_figure(self.accelerator, "bound", figure, self.global_step)
+        if not final:
+            return None
+        path = output_dir / "bound.png"
+        figure.savefig(path)
         return path
 
     def _record_bpd(self, estimate: BoundEstimate, final: bool) -> dict[str, Any]:
