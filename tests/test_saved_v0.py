@@ -67,8 +67,10 @@ SAVED = Path(__file__).resolve().parent / "fixtures" / "saved_v0"
 EXPECTED = json.loads((SAVED / "expected.json").read_text(encoding="utf-8"))
 PIPELINE_CLASSES = {"ddpm_plus": DDPMPlusPipeline, "ddpm_plus_posterior": DDPMPlusPosteriorPipeline}
 # The recorded numbers are matched exactly on the machine that wrote them; other torch builds may round the UNet's
-# float32 convolutions differently, hence these tolerances. Old and new code in one environment must agree bitwise.
-IMAGE_TOLERANCE = 1e-6
+# float32 convolutions (and, for posterior sampling, their gradients) differently, hence these tolerances: torch 2.6
+# on Python 3.10 differs by up to 7.4e-6 in the posterior samples, far below one 8-bit level (1/255 ≈ 3.9e-3). Old
+# and new code in one environment must agree bitwise.
+IMAGE_TOLERANCE = 1e-4
 BITS_PER_DIM_RTOL = 1e-6
 
 
