@@ -595,16 +595,14 @@ def test_student_t_quantile_matches_scipy(confidence):
     dofs = [1, 1.0001, 1.3, 1.5, 2, 2.5, 3.7, 5, 10, 30, 100, 1e3, 9999, 1e4, 1e6, 1e12, math.inf]
     expected = torch.from_numpy(stats.t.ppf((1 + confidence) / 2, dofs))
     torch.testing.assert_close(student_t_quantile(confidence, torch.tensor(dofs)), expected, rtol=1e-6, atol=0)
-    # The closed forms hold to 1e-10: the quantile is scipy's, and the scipy that Python 3.10 gets (1.15) is accurate
-    # to about 1e-11 relative at 1 degree of freedom (newer releases to 1e-16).
     # the Cauchy quantile has a closed form: tan(π c / 2)
     assert student_t_quantile(confidence, torch.tensor(1.0)).item() == pytest.approx(
-        math.tan(math.pi * confidence / 2), rel=1e-10
+        math.tan(math.pi * confidence / 2), rel=1e-12
     )
     # ν = 2: F(x) = 1/2 + x / (2 √(2 + x²)), so the quantile of p = (1 + c)/2 is (2p - 1) / √(2 p (1 - p))
     p = (1 + confidence) / 2
     assert student_t_quantile(confidence, torch.tensor(2.0)).item() == pytest.approx(
-        (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-10
+        (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-12
     )
     # ν = ∞: the normal quantile √2 erfinv(c); a float is accepted as well as a tensor
     normal = math.sqrt(2) * torch.special.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()

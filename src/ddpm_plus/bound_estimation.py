@@ -102,8 +102,14 @@ class BoundEstimate(PerImageResults):
 
     def check_draws(self) -> None:
         """ValueError unless the estimate holds its draws (`sampled_*`, `stratum_*`), as `estimate_bound`'s do."""
-        draws = (self.sampled_timesteps, self.sampled_terms_bpd, self.sampled_x0_mse, self.stratum_bounds)
-        if any(value is None for value in (*draws, self.stratum_kl_bpd)):
+        draws = (
+            self.sampled_timesteps,
+            self.sampled_terms_bpd,
+            self.sampled_x0_mse,
+            self.stratum_bounds,
+            self.stratum_kl_bpd,
+        )
+        if any(value is None for value in draws):
             raise ValueError("this estimate holds no per-draw data (sampled_*, stratum_*); estimate_bound records it.")
 
     def stratum_rate_bpd(self) -> torch.Tensor:
@@ -137,12 +143,20 @@ def student_t_quantile(confidence: float, dof: torch.Tensor | float) -> torch.Te
         raise ValueError("degrees of freedom must be at least 1.")
     from scipy import stats  # imported on use: `import ddpm_plus` stays light
 
-    probability = (1 + confidence) / 2
-    # The normal quantile is the limit dof = inf, where scipy's t.ppf is wrong before scipy 1.8.
-    quantiles = np.full(dof.shape, stats.norm.ppf(probability))
+    tail = (1 - confidence) / 2
+    # The normal quantile is the limit dof = inf, where scipy's t distribution is wrong before scipy 1.8.
+    quantiles = np.full(dof.shape, stats.norm.isf(tail))
     finite = np.isfinite(dof.numpy())
-    quantiles[finite] = stats.t.ppf(probability, dof.numpy()[finite])
+    quantiles[finite] = _t_upper_quantile(tail, dof.numpy()[finite], stats.t)
     return torch.from_numpy(quantiles)
+
+
+def _t_upper_quantile(tail: float, dof: np.ndarray, t: Any) -> np.ndarray:
+    """x with P(T > x) = tail: scipy's `t.isf`, refined by one Newton step on its survival function. The step makes
+    the quantile accurate to ~1e-14 relative on every supported scipy (1.15, which Python 3.10 gets, inverts only to
+    ~1e-11 at one degree of freedom), and leaves an already accurate one as it is."""
+    x = t.isf(tail, dof)
+    return x + (t.sf(x, dof) - tail) / t.pdf(x, dof)
 
 
 # ---------------------------------------------------------------------------------------------------------------
