@@ -44,14 +44,18 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers(tmp_path: P
         ["bpd", "--model", "m", "--batch-size", "0"],  # checked value: one line, exit 2
         ["sample", "--model", "m", "--out", str(tmp_path / "file.txt" / "grid.png")],  # unwritable output
         ["bpd", "--model", "m", "--plot", str(tmp_path / "file.txt" / "bound.png")],  # matplotlib found, not imported
+        ["fid", "--help"],
+        ["fid", "--samples", "a.npz", "--reference", "b", "--output", str(tmp_path / "file.txt" / "r.json")],
+        ["sample", "--model", "m", "--out", str(tmp_path / "grid.png"), "--dtype", "float16"],  # half on the CPU
     ]
     (tmp_path / "file.txt").write_text("a file, not a directory")
     script = _IMPORTS_AFTER_SCRIPT.format(argvs=argvs, heavy=HEAVY_MODULES)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["heavy"] == [], result.stderr
-    assert list(report["exit_codes"].values()) == [0, 0, 0, 2, 2, 2, 2]
+    assert list(report["exit_codes"].values()) == [0, 0, 0, 2, 2, 2, 2, 0, 2, 2]
     assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr
+    assert "--dtype float16 needs a GPU" in result.stderr
 
 
 _PACKAGE_SCRIPT = """

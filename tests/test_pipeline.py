@@ -427,8 +427,10 @@ def test_cli_sample_writes_grid_and_single_images(saved_pipeline, tmp_path, caps
     argv = ["sample", "--model", str(saved_pipeline), "--num-images", "3", "--steps", "4", "--seed", "10"]
     assert cli_main([*argv, "--batch-size", "2", "--out", str(out)]) == 0
 
-    singles = sorted((tmp_path / "samples" / "grid").iterdir())
-    assert [path.name for path in singles] == ["000000.png", "000001.png", "000002.png"]
+    folder = tmp_path / "samples" / "grid"
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["000000.png", "000001.png", "000002.png", "manifest.json", "samples_3x8x8x3.npz"]
+    singles = [folder / name for name in names[:3]]
     pipe = DDPMPlusPipeline.from_pretrained(saved_pipeline)
     pipe.set_progress_bar_config(disable=True)
     expected = [  # the same batches, generator seed + i for image i

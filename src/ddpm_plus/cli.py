@@ -1,8 +1,8 @@
-"""The `ddpm-plus` command line: `ddpm-plus sample ...` and `ddpm-plus bpd ...`.
+"""The `ddpm-plus` command line: `ddpm-plus sample ...`, `ddpm-plus fid ...` and `ddpm-plus bpd ...`.
 
 This module builds the parsers and checks the arguments and every output location with the standard library only,
 so `--help` and argument errors answer at once and a run never fails at the end for want of a place to write. The
-sub-command's module (`cli_sample`, `cli_bpd`), which imports torch and diffusers, is imported only to run it.
+sub-command's module (`cli_sample`, `cli_fid`, `cli_bpd`), which imports torch, is imported only to run it.
 A user error (an invalid value, an unwritable output, a bad model or data set) is one line on stderr and exit code 2.
 """
 
@@ -16,12 +16,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SAMPLE_DESCRIPTION = """\
-Generate images with a saved DDPM pipeline and write a PNG grid plus the single images.
+Generate images with a saved DDPM pipeline: single PNGs, one .npz archive for FID evaluators, a grid, a manifest.
 
     ddpm-plus sample --model DIR --num-images 16 --steps 1000 --seed 0 --out samples.png
+    accelerate launch --multi_gpu --num_processes 8 -m ddpm_plus.cli sample --model google/ddpm-cifar10-32 \\
+        --num-images 50000 --batch-size 250 --device cuda --out cifar10/samples.png
 
-writes `samples.png` (the grid) and `samples/000000.png`, `samples/000001.png`, ... Image i is generated from its own
-generator seeded with `seed + i`, so its noise does not depend on `--batch-size`.
+writes `samples/000000.png`, `samples/000001.png`, ..., `samples/samples_{N}x{H}x{W}x{C}.npz` (uint8, key arr_0),
+`samples/manifest.json` (model, scheduler, steps, seed, versions) and `samples.png`, a grid of the first 64 images.
+Image i starts from the noise of a generator seeded with `seed + i`. Images are made in chunks of `--batch-size`
+consecutive indices, each chunk by one process, so under `accelerate launch` the images are the same for any number
+of processes (bitwise, on one kind of device with the same torch threads per process). Run the same command again
+after an interruption: complete images are kept, only the missing ones are made.
+"""
+
+FID_DESCRIPTION = """\
+FID (and Inception Score, KID, precision/recall) of samples against reference images, with torch-fidelity.
+
+    ddpm-plus fid --samples samples/samples_50000x32x32x3.npz --reference cifar10 --reference-split train
+    accelerate launch --multi_gpu --num_processes 8 -m ddpm_plus.cli fid --samples samples/ --reference cifar10
+
+--samples and --reference each take an .npz archive of uint8 images (N, H, W, C) under arr_0, an image folder,
+'digits', a 🤗 datasets name or path (with --samples-split/--reference-split), or a statistics file (.npz with mu and
+sigma, as the cache holds). The reference's statistics are cached in --cache-dir, so a large reference is read
+once. --feature-extractor module.path:name puts any torch.nn.Module (uint8 images in, features or (features,
+logits) out) in place of the InceptionV3 of TensorFlow's FID. Needs the extra ddpm_plus[eval].
 """
 
 BPD_DESCRIPTION = """\
@@ -38,17 +57,24 @@ pilot run that shapes the timestep proposal. Each image draws its noise key from
 noise of the exact run with the same `--seed`. `--plot FILE.png` draws the bound's terms per timestep and the
 rate–distortion curve (ddpm_plus.plots; needs the extra ddpm_plus[plot]).
 
+Under `accelerate launch ... -m ddpm_plus.cli bpd ...` the processes share the images and write the 1-process
+report. With `--output FILE`, finished chunks of images wait in FILE.partial/ until the report is written: rerun an
+interrupted command to compute only the rest.
+
 Images must have an exact 8-bit form: 16-bit, float and transparent images are refused (see ddpm_plus.data).
 """
 
 SAMPLES_PER_STRATUM = 2
 MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
+SAMPLE_DTYPES = ("float32", "float16", "bfloat16")
+FID_METRICS = ("fid", "is", "kid", "pr")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-plus", description="DDPM+ tools for diffusers pipelines.")
     subcommands = parser.add_subparsers(dest="command", required=True)
     _add_sample_parser(subcommands)
+    _add_fid_parser(subcommands)
     _add_bpd_parser(subcommands)
     return parser
 
@@ -75,7 +101,11 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="saved pipeline directory (or Hub id)")
     parser.add_argument("--num-images", type=_positive_int, default=16, help="number of images (default 16)")
     parser.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: all T steps)")
-    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="image i starts from the noise of seed + i (default 0)")
+    parser.add_argument(
+        "--stochasticity", type=_unit_interval, default=None, help="reverse-SDE noise η in [0, 1] (default: DDPM step)"
+    )
+    parser.add_argument("--dtype", choices=SAMPLE_DTYPES, default="float32", help="half precision needs a GPU")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per network call (default 16)")
     parser.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square)")
@@ -84,6 +114,8 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_sample_arguments(args: argparse.Namespace) -> None:
+    if args.dtype != "float32" and args.device == "cpu":
+        raise ValueError(f"--dtype {args.dtype} needs a GPU (--device cuda); sample in float32 on CPUs.")
     check_output_file(args.out, "--out")
     check_output_directory(sample_image_directory(args.out), "--out (its folder of single images)")
     _check_model_location(args.model)
@@ -102,6 +134,38 @@ def _check_model_location(model: str) -> None:
 def sample_image_directory(grid: Path) -> Path:
     """Where `ddpm-plus sample` writes the single images: a folder beside the grid, named after it."""
     return grid.with_suffix("")
+
+
+def _add_fid_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = _add_subcommand(
+        subparsers, "fid", "FID, IS, KID and precision/recall against reference images", FID_DESCRIPTION
+    )
+    parser.add_argument("--samples", required=True, help=".npz, image folder, 🤗 dataset or statistics file")
+    parser.add_argument("--reference", required=True, help=".npz, image folder, 🤗 dataset or statistics file")
+    parser.add_argument("--samples-split", default="train", help="split of a 🤗 dataset --samples (default train)")
+    parser.add_argument("--reference-split", default="train", help="split of a 🤗 dataset --reference (default train)")
+    parser.add_argument("--feature-extractor", default="inception", help="'inception' or module.path:name")
+    parser.add_argument("--feature-extractor-weights", default=None, help="local InceptionV3 weights (no download)")
+    parser.add_argument(
+        "--metrics", type=_metric_list, default=FID_METRICS, help=f"comma-separated, of {','.join(FID_METRICS)} (all)"
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per network call (default 64)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="reference statistics cache")
+    parser.add_argument("--output", type=Path, default=None, help="write the metrics and settings as JSON")
+    parser.set_defaults(module="ddpm_plus.cli_fid", check=_check_fid_arguments)
+
+
+def _check_fid_arguments(args: argparse.Namespace) -> None:
+    check_extra_installed("torch_fidelity", "eval", "ddpm-plus fid")
+    check_output_directory(args.cache_dir, "--cache-dir")
+    if args.output is not None:
+        check_output_file(args.output, "--output")
+
+
+def default_cache_dir() -> Path:
+    """Where `ddpm-plus fid` caches reference statistics: $XDG_CACHE_HOME/ddpm_plus/fid (~/.cache by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm_plus" / "fid"
 
 
 def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -155,6 +219,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    metrics = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(set(metrics) - set(FID_METRICS))
+    if unknown or not metrics:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(FID_METRICS)}, got {text!r}")
+    return metrics
 
 
 def _png_path(text: str) -> Path:

@@ -4,6 +4,11 @@ figure.
 The arguments, their checks (the output location included) and the usage text are in `ddpm_plus.cli`, which
 imports this module (torch, diffusers) only to run the command; user errors are `ValueError`s, which `cli.main`
 prints as one line with exit code 2.
+
+Under `accelerate launch` the processes share the images in chunks (one network batch each, the same chunks for any
+number of processes) and gather the per-image results in image order, so the report is the 1-process one. With
+`--output FILE`, each finished chunk is kept in `FILE.partial/` until the report is written: a rerun of the same
+command after an interruption computes only the chunks that are missing there.
 """
 
 from __future__ import annotations
@@ -11,18 +16,19 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms, estimate_bound, pilot_terms, student_t_quantile
 from ddpm_plus.cli import SAMPLES_PER_STRATUM
 from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.pipeline_ddpm_plus import image_size
+from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, launched_processes, map_chunks
 from ddpm_plus.utils import derived_seed, write_json
 
 
@@ -30,28 +36,51 @@ def run(args: argparse.Namespace) -> int:
     """Run `ddpm-plus bpd` (arguments already checked by `ddpm_plus.cli`); returns the exit status."""
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    unet, scheduler = load_model(args.model, args.device)
-    images = load_images(args.data, args.split, unet.config, args.max_images)
-    start = time.perf_counter()
-    if args.num_timesteps == "full":
-        result, pilot = _exact_bound(unet, scheduler, images, args), None
-        report = _exact_report(result)
-    else:
-        pilot = _pilot_terms(unet, scheduler, images, args)
-        result = _estimated_bound(unet, scheduler, images, pilot, args)
-        report = _estimate_report(result, pilot)
-    report["summary"]["seconds"] = round(time.perf_counter() - start, 3)
+    with launched_processes(cpu=args.device == "cpu") as processes:
+        unet, scheduler = load_model(args.model, processes.device(args.device))
+        images = load_images(args.data, args.split, unet.config, args.max_images)
+        store = (
+            None
+            if args.output is None
+            else ChunkStore(partial_results(args.output), _resume_settings(args, scheduler), processes)
+        )
+        start = time.perf_counter()
+        if args.num_timesteps == "full":
+            result, pilot = _exact_bound(unet, scheduler, images, args, processes, store), None
+        else:
+            pilot = _pilot_terms(unet, scheduler, images, args)
+            result = _estimated_bound(unet, scheduler, images, pilot, args, processes, store)
+        if processes.is_main:
+            _write_outputs(result, pilot, args, scheduler, time.perf_counter() - start)
+    return 0
+
+
+def _write_outputs(
+    result: BoundResult | BoundEstimate,
+    pilot: PilotTerms | None,
+    args: argparse.Namespace,
+    scheduler: Any,
+    seconds: float,
+) -> None:
+    """Print the summary; write the JSON report (then drop the partial results) and the figure where asked."""
+    report = _exact_report(result) if pilot is None else _estimate_report(result, pilot)
+    report["summary"]["seconds"] = round(seconds, 3)
     report["settings"] = _settings(args, scheduler)
     print(_summary_line(report["summary"]))
     if args.output is not None:
         write_json(args.output, report)
+        shutil.rmtree(partial_results(args.output), ignore_errors=True)
         print(f"wrote {args.output}")
     if args.plot is not None:
         from ddpm_plus.plots import save_bound_figure
 
         save_bound_figure(result, args.plot, pilot=pilot, model_name=Path(args.model).resolve().name)
         print(f"wrote {args.plot}")
-    return 0
+
+
+def partial_results(output: Path) -> Path:
+    """Where the per-chunk results of a run with `--output` wait for its report: `output` + ".partial"."""
+    return output.with_name(output.name + ".partial")
 
 
 def load_model(directory: str | Path, device: str) -> tuple[Any, Any]:
@@ -91,32 +120,44 @@ def image_generators(seed: int, indices: range) -> list[torch.Generator]:
 
 
 def _over_image_batches(
-    bound: Callable[..., Any], images: torch.Tensor, args: argparse.Namespace, evaluations_per_image: int, desc: str
+    bound: Callable[..., Any],
+    kind: type,
+    images: torch.Tensor,
+    args: argparse.Namespace,
+    evaluations_per_image: int,
+    desc: str,
+    processes: Processes,
+    store: ChunkStore | None,
 ) -> list[Any]:
-    """`bound(batch, generator=..., ...)` on consecutive batches of about `batch_size` network inputs' worth of
-    images (at least one image), each image with its own generator (`image_generators`), under a progress bar."""
-    per_batch = max(1, args.batch_size // evaluations_per_image)
-    parts = []
-    with tqdm(total=len(images), desc=desc, unit="img") as bar:
-        for start in range(0, len(images), per_batch):
-            indices = range(start, min(start + per_batch, len(images)))
-            parts.append(
-                bound(
-                    images[indices.start : indices.stop],
-                    generator=image_generators(args.seed, indices),
-                    max_batch_size=args.batch_size,
-                    clip_denoised=args.clip_denoised,
-                    progress=False,
-                )
-            )
-            bar.update(len(indices))
-    return parts
+    """`bound(batch, generator=..., ...)`, a `kind`, on consecutive chunks of about `batch_size` network inputs'
+    worth of images (at least one image), each image with its own generator (`image_generators`): the processes
+    share the chunks, and the chunks that `store` holds from an interrupted run are read instead (`map_chunks`)."""
+
+    def bound_of_chunk(indices: range) -> Any:
+        return bound(
+            images[indices.start : indices.stop],
+            generator=image_generators(args.seed, indices),
+            max_batch_size=args.batch_size,
+            clip_denoised=args.clip_denoised,
+            progress=False,
+        )
+
+    chunks = chunks_of(len(images), max(1, args.batch_size // evaluations_per_image))
+    return map_chunks(processes, chunks, bound_of_chunk, kind, desc=desc, store=store)
 
 
-def _exact_bound(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse.Namespace) -> BoundResult:
+def _exact_bound(
+    unet: Any,
+    scheduler: Any,
+    images: torch.Tensor,
+    args: argparse.Namespace,
+    processes: Processes,
+    store: ChunkStore | None,
+) -> BoundResult:
     num_steps = scheduler.config.num_train_timesteps
     exact_bound = functools.partial(variational_bound, unet, scheduler=scheduler)
-    return BoundResult.concat(_over_image_batches(exact_bound, images, args, num_steps, "bpd (exact)"))
+    parts = _over_image_batches(exact_bound, BoundResult, images, args, num_steps, "bpd (exact)", processes, store)
+    return BoundResult.concat(parts)
 
 
 def _exact_report(result: BoundResult) -> dict[str, Any]:
@@ -153,7 +194,13 @@ def _pilot_terms(unet: Any, scheduler: Any, images: torch.Tensor, args: argparse
 
 
 def _estimated_bound(
-    unet: Any, scheduler: Any, images: torch.Tensor, pilot: PilotTerms, args: argparse.Namespace
+    unet: Any,
+    scheduler: Any,
+    images: torch.Tensor,
+    pilot: PilotTerms,
+    args: argparse.Namespace,
+    processes: Processes,
+    store: ChunkStore | None,
 ) -> BoundEstimate:
     estimated_bound = functools.partial(
         estimate_bound,
@@ -163,7 +210,9 @@ def _estimated_bound(
         samples_per_stratum=SAMPLES_PER_STRATUM,
         profile=pilot.profile(),
     )
-    estimates = _over_image_batches(estimated_bound, images, args, args.num_timesteps, "bpd (estimate)")
+    estimates = _over_image_batches(
+        estimated_bound, BoundEstimate, images, args, args.num_timesteps, "bpd (estimate)", processes, store
+    )
     return BoundEstimate.concat(estimates)
 
 
@@ -215,6 +264,11 @@ def _settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]:
     settings["variance_type"] = scheduler.config.variance_type
     settings["prediction_type"] = scheduler.config.prediction_type
     return settings
+
+
+def _resume_settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]:
+    """The settings that partial results must share with a rerun that reads them: all but where outputs go."""
+    return {key: value for key, value in _settings(args, scheduler).items() if key not in ("output", "plot")}
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

@@ -1,58 +1,230 @@
-"""`ddpm-plus sample`: generate images with a saved DDPM pipeline and write a PNG grid plus the single images.
+"""`ddpm-plus sample`: generate images with a saved DDPM pipeline, sharded over processes and resumable.
 
 The arguments, their checks (output locations included) and the usage text are in `ddpm_plus.cli`, which imports
-this module (torch, diffusers) only to run the command.
+this module (torch, diffusers) only to run the command. For `--out samples.png` it writes:
+
+    samples.png                       a grid of the first `GRID_IMAGES` images
+    samples/000000.png, ...           image i, each written atomically
+    samples/samples_NxHxWxC.npz       all images as uint8 (N, H, W, C) under the key `arr_0`
+    samples/manifest.json             what made them: model, scheduler configuration, steps, seed, versions
+
+Image i starts from the noise of a CPU generator seeded with `seed + i`. The images are made in chunks of
+`--batch-size` consecutive indices, one network batch each, and every chunk is made whole by one process, so each
+image meets the same arithmetic for any number of processes: the files are bitwise identical on the same kind of
+device with the same number of torch threads per process. A rerun keeps the chunks whose images all decode at the
+right size and mode, and makes the others again.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import importlib.metadata
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+
+from ddpm_plus.data import UNREADABLE_IMAGE_ERRORS, make_grid
+from ddpm_plus.sharding import Processes, SharedProgress, chunks_of, launched_processes
+from ddpm_plus.utils import atomic_path, write_json
 
 if TYPE_CHECKING:
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 
+MANIFEST_FILE = "manifest.json"
+GRID_IMAGES = 64
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Settings that decide the pixels: a folder made with other values is not resumed.
+IMAGE_SETTINGS = ("model", "scheduler", "steps", "stochasticity", "seed", "dtype", "seeding")
+SEEDING = "image i: noise from torch.Generator().manual_seed(seed + i)"
+
+
+@dataclass(frozen=True)
+class SampleLayout:
+    """Where the images of a run go and what each must look like: `count` images of (height, width, channels)."""
+
+    directory: Path
+    count: int
+    height: int
+    width: int
+    channels: int
+
+    def image_path(self, index: int) -> Path:
+        return self.directory / f"{index:06d}.png"
+
+    @property
+    def archive_path(self) -> Path:
+        return self.directory / f"samples_{self.count}x{self.height}x{self.width}x{self.channels}.npz"
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode of the images (diffusers' `numpy_to_pil`): "L" for 1 channel, "RGB" for 3."""
+        return "L" if self.channels == 1 else "RGB"
+
+    def is_complete(self, index: int) -> bool:
+        """Whether image `index` exists, decodes, and has the size and mode of this run's images."""
+        try:
+            with Image.open(self.image_path(index)) as image:
+                image.load()
+                return image.size == (self.width, self.height) and image.mode == self.mode
+        except UNREADABLE_IMAGE_ERRORS:
+            return False
+
 
 def run(args: argparse.Namespace) -> int:
-    """Generate the images, write the grid and the single images, and print where they are."""
+    """Make the missing images (each process its share of the chunks), then, on the main process, the archive and
+    the grid; print where they are."""
     from ddpm_plus.cli import sample_image_directory
-    from ddpm_plus.data import make_grid
-    from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 
-    pipeline = DDPMPlusPipeline.from_pretrained(args.model).to(args.device)
-    pipeline.set_progress_bar_config(leave=False)
-    steps = args.steps or pipeline.scheduler.config.num_train_timesteps
-    images = generate_images(pipeline, args.num_images, steps, args.seed, args.batch_size)
-
-    image_directory = sample_image_directory(args.out)
-    image_directory.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        image.save(image_directory / f"{index:06d}.png")
-    nrow = args.nrow or max(1, round(len(images) ** 0.5))
-    make_grid(images, nrow=nrow).save(args.out)
-    print(f"Wrote {args.out} and {len(images)} images in {image_directory}/")
+    directory = sample_image_directory(args.out)
+    check_resumable(directory, requested_settings(args))
+    with launched_processes(cpu=args.device == "cpu") as processes:
+        pipeline = load_pipeline(args.model, args.dtype, processes.device(args.device), processes.is_main)
+        steps = args.steps or pipeline.scheduler.config.num_train_timesteps
+        layout = sample_layout(directory, args.num_images, pipeline)
+        manifest = build_manifest(args, pipeline, steps)
+        check_resumable(directory, manifest)
+        if processes.is_main:
+            write_json(layout.directory / MANIFEST_FILE, manifest)
+            remove_unfinished_files(layout.directory)
+        chunks = processes.concatenate(incomplete_chunks(layout, processes, args.batch_size))
+        incomplete = sorted(chunks, key=lambda chunk: chunk.start)
+        generate_chunks(pipeline, layout, processes, incomplete, args, steps)
+        processes.wait_for_everyone()
+        if processes.is_main:
+            write_outputs(layout, args.out, args.nrow)
+            print(f"Wrote {args.out}, {layout.count} images in {layout.directory}/ and {layout.archive_path}")
     return 0
 
 
-def generate_images(
-    pipeline: DDPMPlusPipeline, num_images: int, num_inference_steps: int, seed: int, batch_size: int
-) -> list[Image.Image]:
-    """`num_images` PIL images; image i is drawn with a CPU generator seeded with `seed + i`."""
-    images: list[Image.Image] = []
-    with tqdm(total=num_images, desc="images", unit="img") as progress:
-        for start in range(0, num_images, batch_size):
-            seeds = range(seed + start, seed + min(start + batch_size, num_images))
-            generators = [torch.Generator().manual_seed(s) for s in seeds]
-            batch = pipeline(
-                batch_size=len(generators),
+def load_pipeline(model: str, dtype: str, device: torch.device, show_progress: bool) -> DDPMPlusPipeline:
+    """A `DDPMPlusPipeline` (from a saved DDPM+ or plain DDPMPipeline folder, or a Hub id) in `dtype` on `device`."""
+    from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+
+    pipeline = DDPMPlusPipeline.from_pretrained(model).to(device)
+    if pipeline.unet.dtype != DTYPES[dtype]:
+        pipeline.to(dtype=DTYPES[dtype])
+    pipeline.set_progress_bar_config(leave=False, disable=not show_progress)
+    return pipeline
+
+
+def sample_layout(directory: Path, count: int, pipeline: DDPMPlusPipeline) -> SampleLayout:
+    from ddpm_plus.pipeline_ddpm_plus import image_size
+
+    height, width = image_size(pipeline.unet.config.sample_size)
+    channels = pipeline.unet.config.in_channels
+    if channels not in (1, 3):
+        raise ValueError(f"the model makes images of {channels} channels; PNG files here hold 1 (grey) or 3 (RGB).")
+    return SampleLayout(directory, count, height, width, channels)
+
+
+def requested_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that decide the pixels and are known before the model loads."""
+    model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
+    return {
+        "model": model,
+        "stochasticity": args.stochasticity,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "seeding": SEEDING,
+    }
+
+
+def build_manifest(args: argparse.Namespace, pipeline: DDPMPlusPipeline, steps: int) -> dict[str, Any]:
+    """What made the images: the settings that decide the pixels (`IMAGE_SETTINGS`), then the run's size and the
+    versions of the software."""
+    scheduler = json.loads(pipeline.scheduler.to_json_string())
+    return {
+        **requested_settings(args),
+        "scheduler": {key: value for key, value in scheduler.items() if not key.startswith("_")},
+        "scheduler_class": type(pipeline.scheduler).__name__,
+        "steps": steps,
+        "num_images": args.num_images,
+        "batch_size": args.batch_size,
+        "versions": {name: importlib.metadata.version(name) for name in ("ddpm_plus", "diffusers", "torch")},
+    }
+
+
+def check_resumable(directory: Path, settings: dict[str, Any]) -> None:
+    """Raise a `ValueError` when `directory` holds images made with other settings: its manifest differs from
+    `settings` in one of `IMAGE_SETTINGS` that `settings` has."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    changed = [key for key in IMAGE_SETTINGS if key in settings and previous.get(key) != settings[key]]
+    if changed:
+        key = changed[0]
+        raise ValueError(
+            f"{directory} holds images made with other settings ({key}: {previous.get(key)!r} there, "
+            f"{settings[key]!r} now); give another --out, or remove that folder to start again."
+        )
+
+
+def remove_unfinished_files(directory: Path) -> None:
+    """Remove the temporary files of writes that a killed run left unfinished (see `atomic_path`)."""
+    for unfinished in directory.glob(".*.tmp"):
+        unfinished.unlink(missing_ok=True)
+
+
+def incomplete_chunks(layout: SampleLayout, processes: Processes, batch_size: int) -> list[range]:
+    """The chunks in this process's share that lack a complete image. Chunk k holds images
+    [k * batch_size, (k + 1) * batch_size), which share one network batch."""
+    return [
+        chunk
+        for chunk in processes.share(chunks_of(layout.count, batch_size))
+        if not all(map(layout.is_complete, chunk))
+    ]
+
+
+def generate_chunks(
+    pipeline: DDPMPlusPipeline,
+    layout: SampleLayout,
+    processes: Processes,
+    incomplete: Sequence[range],
+    args: argparse.Namespace,
+    steps: int,
+) -> None:
+    """Make this process's share of the incomplete chunks (each chunk one network batch) and write their images."""
+    mine = processes.share(incomplete)
+    with SharedProgress(processes, sum(map(len, incomplete)), sum(map(len, mine)), desc="images") as progress:
+        for chunk in mine:
+            generators = [torch.Generator().manual_seed(args.seed + index) for index in chunk]
+            images = pipeline(
+                batch_size=len(chunk),
                 generator=generators,
-                num_inference_steps=num_inference_steps,
+                num_inference_steps=steps,
+                stochasticity=args.stochasticity,
                 output_type="pil",
             ).images
-            images.extend(batch)
-            progress.update(len(batch))
-    return images
+            for index, image in zip(chunk, images, strict=True):
+                with atomic_path(layout.image_path(index)) as temporary:
+                    image.save(temporary, format="PNG")
+            progress.advance(len(chunk))
+
+
+def write_outputs(layout: SampleLayout, grid_path: Path, nrow: int | None) -> None:
+    """Read every image back (all processes' work) into the `.npz` archive, and draw the grid of the first ones."""
+    images = read_images(layout)
+    with atomic_path(layout.archive_path) as temporary, open(temporary, "xb") as file:
+        np.savez(file, arr_0=images)
+    shown = images[:GRID_IMAGES]
+    grid = make_grid(shown, nrow=nrow or max(1, round(math.sqrt(len(shown)))))
+    with atomic_path(grid_path) as temporary:
+        grid.save(temporary, format="PNG")
+
+
+def read_images(layout: SampleLayout) -> np.ndarray:
+    """All images of the run as uint8 (N, H, W, C)."""
+    images = []
+    for index in range(layout.count):
+        with Image.open(layout.image_path(index)) as image:
+            images.append(np.asarray(image))
+    stacked = np.stack(images)
+    return stacked[..., None] if stacked.ndim == 3 else stacked

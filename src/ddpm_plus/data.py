@@ -72,8 +72,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 """File suffixes (lower case) read as images in an image folder."""
 
-# What PIL raises for a missing, truncated, corrupt or oversized image file.
-_UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+"""What PIL raises for a missing, truncated, corrupt or oversized image file."""
 _SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 _MAX_NAMED_FILES = 5
 
@@ -406,7 +406,7 @@ class _PILImageDataset(Dataset):
         raise NotImplementedError
 
     def _load(self, index: int) -> Image.Image:
-        """The decoded image ``index``; raises one of ``_UNREADABLE_IMAGE_ERRORS`` when it cannot be read."""
+        """The decoded image ``index``; raises one of ``UNREADABLE_IMAGE_ERRORS`` when it cannot be read."""
         raise NotImplementedError
 
     def _describe(self, index: int) -> str:
@@ -419,7 +419,7 @@ class _PILImageDataset(Dataset):
             candidate = (index + offset) % len(self)
             try:
                 image = self._load(candidate)
-            except _UNREADABLE_IMAGE_ERRORS as error:
+            except UNREADABLE_IMAGE_ERRORS as error:
                 logger.warning(
                     "Cannot read image %s (%s); using the next image instead.", self._describe(candidate), error
                 )
@@ -446,7 +446,7 @@ class ImageFolderDataset(_PILImageDataset):
         for path in files:
             try:
                 reason = _unsupported_file_reason(path)
-            except _UNREADABLE_IMAGE_ERRORS:
+            except UNREADABLE_IMAGE_ERRORS:
                 unreadable.append(path)
                 continue
             if reason is None:
@@ -488,7 +488,7 @@ def find_image_files(directory: str | Path) -> list[Path]:
 def _unsupported_file_reason(path: Path) -> str | None:
     """Why the image file cannot be used (see :func:`to_8bit_image`), or None when it can. Reads the header, runs
     PIL's ``verify()``, and decodes only files with transparency data (to find transparent pixels); raises one of
-    ``_UNREADABLE_IMAGE_ERRORS`` for a file PIL cannot read."""
+    ``UNREADABLE_IMAGE_ERRORS`` for a file PIL cannot read."""
     with Image.open(path) as image:
         reason = unsupported_mode_reason(image)
         image.verify()
@@ -580,6 +580,34 @@ def _load_hf_dataset(source: str, split: str, held_out_fraction: float, cache_di
 def _reject_held_out_fraction(held_out_fraction: float, source: str) -> None:
     if held_out_fraction:
         raise ValueError(f"held_out_fraction is for sources without named splits, not for {source}.")
+
+
+# --------------------------------------------------------------------------------------------- stored shapes
+
+
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+"""PIL modes read as 1 channel; the other modes are colour (3 channels)."""
+
+
+def stored_image_shape(source: str | Path, split: str = "train") -> tuple[int, int, int] | None:
+    """(height, width, channels) of the first image of a source as stored, before any resizing: channels are 1 for
+    grey modes (:data:`GREY_MODES`) and 3 otherwise. Reads one image; None for the digits, which are drawn at any
+    size. Sources as for :func:`load_image_dataset`."""
+    if str(source) == "digits":
+        return None
+    path = Path(source)
+    if path.is_dir() and not _is_saved_dataset(path):
+        with Image.open(find_image_files(path)[0]) as image:
+            return _shape_of(image)
+    dataset = _load_hf_dataset(str(source), split, 0.0, None)
+    if len(dataset) == 0:
+        raise ValueError(f"The data set {source!r} (split {split!r}) holds no images.")
+    return _shape_of(HFImageDataset(dataset.select([0]), ImageTransform(1, 3))._load(0))
+
+
+def _shape_of(image: Image.Image) -> tuple[int, int, int]:
+    width, height = image.size
+    return height, width, 1 if image.mode in GREY_MODES else 3
 
 
 # --------------------------------------------------------------------------------------------- entry point

@@ -1,4 +1,4 @@
-"""Small helpers that several modules of the package share: JSON files, derived seeds and public settings.
+"""Small helpers that several modules of the package share: atomic files, derived seeds and public settings.
 
 They stay in the package: the code files shipped with saved pipelines never import them.
 """
@@ -10,7 +10,8 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,24 @@ _SECRET_NAME = re.compile(r"token|secret|password|credential|api_?key", re.IGNOR
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON to `path`, atomically: a temporary file beside it is renamed into place, so the
-    file is never half-written. Floats round-trip exactly; NaN and infinity are refused (they are not JSON)."""
+    """Write `data` as indented JSON to `path`, atomically (see `atomic_path`), so the file is never half-written.
+    Floats round-trip exactly; NaN and infinity are refused (they are not JSON)."""
+    with atomic_path(path) as temporary, open(temporary, "x", encoding="utf-8") as file:
+        json.dump(data, file, indent=2, allow_nan=False)
+        file.write("\n")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A new temporary path beside `path` for the body to write; renamed to `path` when the body succeeds, removed
+    when it fails, so `path` is either its old file or the complete new one, never half-written. Creates the parent
+    directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A new file of a random name ("x" mode) gets the permissions of any file the user creates (tempfile's are 0600).
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        with open(temporary, "x", encoding="utf-8") as file:
-            json.dump(data, file, indent=2, allow_nan=False)
-            file.write("\n")
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

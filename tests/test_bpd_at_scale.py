@@ -1,0 +1,93 @@
+"""`ddpm-plus bpd` at scale: two processes write the 1-process report (exact bound and estimate), and a run that was
+interrupted resumes from its per-chunk partial results to the same report."""
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers.launch import run_module
+from pipeline_fixtures import SCHEDULER_CONFIG, tiny_unet
+
+from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler, cli_bpd
+from ddpm_plus.cli import main
+
+EXACT = ("--num-timesteps", "full", "--batch-size", "40")  # T = 20: chunks of 2 images
+ESTIMATE = ("--num-timesteps", "5", "--batch-size", "10", "--pilot-images", "2", "--pilot-timesteps", "4")
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("model") / "pipeline"
+    DDPMPlusPipeline(tiny_unet(channels=1), DDPMPlusScheduler(**SCHEDULER_CONFIG)).save_pretrained(directory)
+    return directory
+
+
+def bpd_argv(model: Path, output: Path, *mode: str) -> list[str]:
+    data = ["--data", "digits", "--split", "test", "--max-images", "5", "--seed", "3"]
+    return ["bpd", "--model", str(model), *data, "--output", str(output), *mode]
+
+
+def report_without_time(path: Path) -> dict:
+    """The JSON report as written, less the wall time (the only value that differs between equal runs)."""
+    report = json.loads(path.read_text())
+    report["summary"].pop("seconds")
+    return report
+
+
+@pytest.mark.parametrize("mode", [EXACT, ESTIMATE], ids=["exact", "estimate"])
+def test_two_cpu_processes_write_the_one_process_report(saved_pipeline, tmp_path, mode):
+    output = tmp_path / "bpd.json"
+    assert main(bpd_argv(saved_pipeline, output, *mode)) == 0
+    one_process = report_without_time(output)
+    output.unlink()
+    result = run_module("ddpm_plus.cli", *bpd_argv(saved_pipeline, output, *mode), processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report_without_time(output) == one_process
+    assert len(one_process["images"]) == 5 and result.stdout.count("wrote") == 1
+    assert not cli_bpd.partial_results(output).exists()
+
+
+def test_an_interrupted_run_resumes_from_its_partial_results(saved_pipeline, tmp_path, monkeypatch):
+    output = tmp_path / "bpd.json"
+    assert main(bpd_argv(saved_pipeline, output, *EXACT)) == 0
+    straight = report_without_time(output)
+    output.unlink()
+
+    calls = []
+    real_bound = cli_bpd.variational_bound
+
+    def interrupted_at_the_third_chunk(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 3 and interrupt:
+            raise KeyboardInterrupt  # as a kill would stop the run
+        return real_bound(*args, **kwargs)
+
+    monkeypatch.setattr(cli_bpd, "variational_bound", interrupted_at_the_third_chunk)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        main(bpd_argv(saved_pipeline, output, *EXACT))
+    partial = cli_bpd.partial_results(output)
+    assert len(list(partial.glob("chunk-*.safetensors"))) == 2 and not output.exists()
+
+    calls.clear()
+    interrupt = False
+    assert main(bpd_argv(saved_pipeline, output, *EXACT)) == 0
+    assert calls == [1]  # only the last chunk, image 4
+    assert report_without_time(output) == straight
+    assert not partial.exists()
+
+
+def test_partial_results_of_other_settings_are_refused(saved_pipeline, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "bpd.json"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_bpd, "variational_bound", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(bpd_argv(saved_pipeline, output, *EXACT))
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*bpd_argv(saved_pipeline, output, *EXACT), "--seed", "4"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds partial results of other settings" in error
