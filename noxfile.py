@@ -1,7 +1,7 @@
 """The support matrix of ddpm_plus: each session is one row of the README's "Supported versions" table.
 
     pip install nox                             # or: pip install -e ".[matrix]"
-    nox                                         # CI's sessions: minimum, wheel, python_floor
+    nox                                         # CI's sessions: minimum, wheel, python_floor, eval
     nox -s latest                               # the README's test environment, newest releases
     nox -s tests-3.10 tests-3.12 tests-3.13     # other interpreters (python3.X on PATH)
 
@@ -20,6 +20,11 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).parent
 # The CPU build of torch for Python 3.11 that the README's commands install; other interpreters get PyPI's build.
 LOCAL_TORCH = "torch==2.13.0"
+# torch-fidelity (the extra `eval`) needs torchvision, and PyPI's torchvision needs PyPI's torch of its release: these
+# two are PyPI's builds (CUDA, they run on CPUs too).
+EVAL_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
+# The default markers of pyproject.toml's pytest options, with the tests of the extra `eval`.
+WITH_EVAL = ("-m", "not slow and not bare_install")
 # The packages whose lower bounds the matrix tests (torch's in the oldest-interpreter session).
 FLOORED = ("diffusers", "torch", "accelerate", "huggingface-hub", "transformers", "matplotlib")
 # All code but this file (nox itself runs on Python >= 3.11 here, for tomllib).
@@ -27,7 +32,7 @@ VERMIN_PATHS = ("src", "pipelines", "train_scripts", "bench", "tests")
 # vermin takes `bytes.decode` on a subscripted value for Python 2's `str.decode`.
 VERMIN_FALSE_POSITIVES = ("--exclude", "str.decode")
 
-nox.options.sessions = ["minimum", "wheel", "python_floor"]
+nox.options.sessions = ["minimum", "wheel", "python_floor", "eval"]
 nox.options.default_venv_backend = "venv"
 
 
@@ -121,10 +126,19 @@ def python_floor(session: nox.Session) -> None:
     session.run("vermin", *options, f"-t={oldest_python()}-", *VERMIN_PATHS)
 
 
+@nox.session(name="eval", python="3.11")
+def eval_extra(session: nox.Session) -> None:
+    """(e) The tests of the extra `eval` (sample quality with torch-fidelity), with the torchvision it needs."""
+    session.install(*EVAL_TORCH)
+    session.install("-e", ".[test,eval]")
+    run_suite(session, "-m", "eval")
+
+
 @nox.session(python=["3.10", "3.12", "3.13"])
 def tests(session: nox.Session) -> None:
-    """Other interpreters, with PyPI's torch: the oldest Python also gets the declared minimum torch."""
+    """Other interpreters, with PyPI's torch and torchvision, the whole suite with the extra `eval`: the oldest Python
+    also gets the declared minimum torch (and the torchvision of its release)."""
     torch = declared_minimums()["torch"] if session.python == oldest_python() else "torch"
-    session.install(torch)
-    session.install("-e", ".[test]")
-    run_suite(session)
+    session.install(torch, "torchvision")
+    session.install("-e", ".[test,eval]")
+    run_suite(session, *WITH_EVAL)

@@ -91,3 +91,41 @@ def test_partial_results_of_other_settings_are_refused(saved_pipeline, tmp_path,
     assert main([*bpd_argv(saved_pipeline, output, *EXACT), "--seed", "4"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "holds partial results of other settings" in error
+
+
+def test_plain_diffusers_folders_and_hub_ids_give_the_report_of_the_saved_pipeline(
+    saved_pipeline, tmp_path, monkeypatch
+):
+    """The model loads as `ddpm-plus sample` loads it: a plain `DDPMPipeline` folder (DDPMScheduler) and a Hub id
+    (the download stands in by a local copy: only `snapshot_download` is replaced) give the same numbers."""
+    import huggingface_hub
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    saved = DDPMPlusPipeline.from_pretrained(saved_pipeline)
+    plain = tmp_path / "plain"
+    DDPMPipeline(saved.unet, DDPMScheduler(**SCHEDULER_CONFIG)).save_pretrained(plain)
+    downloads = []
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo_id, **options: downloads.append(repo_id) or str(plain)
+    )
+    reports = []
+    for model in (saved_pipeline, plain, "someone/ddpm-tiny"):
+        output = tmp_path / f"bpd-{len(reports)}.json"
+        assert main(bpd_argv(model, output, *EXACT)) == 0
+        report = report_without_time(output)
+        assert report["settings"].pop("model") == str(model) and report["settings"].pop("output") == str(output)
+        reports.append(report)
+    assert reports[0] == reports[1] == reports[2] and downloads == ["someone/ddpm-tiny"]
+
+
+def test_a_folder_that_is_not_a_saved_pipeline_is_one_line(tmp_path, capsys):
+    (tmp_path / "model" / "unet").mkdir(parents=True)
+    assert main(bpd_argv(tmp_path / "model", tmp_path / "bpd.json", *EXACT)) == 2
+    assert main(["sample", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "grid.png")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        f"ddpm-plus bpd: error: --model {tmp_path / 'model'} is not a saved pipeline folder: it has neither "
+        "model_index.json nor unet/ and scheduler/ subfolders.",
+        f"ddpm-plus sample: error: --model {tmp_path / 'model'} is not a saved pipeline folder (it has no "
+        "model_index.json).",
+    ]

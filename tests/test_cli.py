@@ -185,3 +185,29 @@ def test_sample_names_a_missing_model_directory(tmp_path: Path, capsys) -> None:
         assert main(["sample", "--model", str(model), "--out", str(tmp_path / "grid.png")]) == 2
         error = capsys.readouterr().err
         assert f"--model {model}" in error and expected in error and error.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------- ddpm-plus fid
+
+
+def test_unwritable_outputs_are_one_line_before_anything_is_read(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ddpm_plus.cli_fid", types.SimpleNamespace(run=None))  # never run
+    (tmp_path / "file.txt").write_text("a file, not a directory")
+    for option, value, expected in [
+        ("--output", tmp_path / "file.txt" / "results.json", "--output"),
+        ("--cache-dir", tmp_path / "file.txt" / "cache", "--cache-dir"),
+    ]:
+        argv = ["fid", "--samples", "a.npz", "--reference", "b", option, str(value)]
+        status = main(argv)
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1 and expected in error and "is not a directory" in error, error
+
+
+def test_without_the_eval_extra_the_command_names_it(tmp_path, capsys, monkeypatch):
+    real_find_spec = __import__("importlib.util").util.find_spec
+    monkeypatch.setattr(
+        "importlib.util.find_spec", lambda name, *a: None if name == "torch_fidelity" else real_find_spec(name, *a)
+    )
+    assert main(["fid", "--samples", "a.npz", "--reference", "b", "--cache-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "pip install 'ddpm_plus[eval]'" in error

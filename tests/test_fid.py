@@ -1,16 +1,15 @@
 """`ddpm-plus fid`: the Fréchet distance against its closed form, the whole path with a small feature extractor
 (metrics, cache, statistics files, 1 against 2 processes), the default InceptionV3 of torch-fidelity built up to its
-weights' download, and bad input refused with one line before any feature is computed."""
+weights' download, and bad input refused with one line before any feature is computed. They need the extra
+`[eval]` (marker `eval`, `nox -s eval`); the checks that come before it are in test_cli.py."""
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch_fidelity
 from helpers.feature_extractors import TinyFeatures
 from helpers.launch import run_module
 from PIL import Image
@@ -20,6 +19,8 @@ from ddpm_plus.fid import FeatureStatistics, frechet_distance
 
 TINY = "helpers.feature_extractors:TinyFeatures"
 SIZE = 8
+
+pytestmark = pytest.mark.eval
 
 
 def closed_form_frechet(mu1, sigma1, mu2, sigma2) -> float:
@@ -105,6 +106,8 @@ def test_the_whole_path_with_a_small_feature_extractor(sides, tmp_path, capsys):
         reference_features.mean(0), np.cov(reference_features, rowvar=False),
     )  # fmt: skip
     assert metrics["fid"] == pytest.approx(expected, rel=1e-5)
+    import torch_fidelity
+
     score = torch_fidelity.metric_isc.isc_features_to_metric(logits, splits=10)
     assert metrics["inception_score"]["mean"] == pytest.approx(score["inception_score_mean"], rel=1e-5)
     assert np.isfinite(metrics["kid"]["mean"]) and metrics["kid"]["std"] >= 0
@@ -165,6 +168,7 @@ def test_the_default_path_builds_torch_fidelity_inception_mocking_only_the_downl
     samples = write_archive(tmp_path / "samples.npz", rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8))
     reference = write_folder(tmp_path / "ref", rng.integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8))
     downloads = []
+    import torch_fidelity
 
     def fake_download(url, *args, **kwargs):
         downloads.append(url)
@@ -235,26 +239,3 @@ def test_bad_input_is_one_line_before_any_feature_work(tmp_path, capsys, make_sa
     status = main(["fid", "--samples", str(samples), "--reference", str(reference), "--cache-dir", str(tmp_path)])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and message in error, error
-
-
-def test_unwritable_outputs_are_one_line_before_anything_is_read(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ddpm_plus.cli_fid", types.SimpleNamespace(run=None))  # never run
-    (tmp_path / "file.txt").write_text("a file, not a directory")
-    for option, value, expected in [
-        ("--output", tmp_path / "file.txt" / "results.json", "--output"),
-        ("--cache-dir", tmp_path / "file.txt" / "cache", "--cache-dir"),
-    ]:
-        argv = ["fid", "--samples", "a.npz", "--reference", "b", option, str(value)]
-        status = main(argv)
-        error = capsys.readouterr().err
-        assert status == 2 and error.count("\n") == 1 and expected in error and "is not a directory" in error, error
-
-
-def test_without_the_eval_extra_the_command_names_it(tmp_path, capsys, monkeypatch):
-    real_find_spec = __import__("importlib.util").util.find_spec
-    monkeypatch.setattr(
-        "importlib.util.find_spec", lambda name, *a: None if name == "torch_fidelity" else real_find_spec(name, *a)
-    )
-    assert main(["fid", "--samples", "a.npz", "--reference", "b", "--cache-dir", str(tmp_path)]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "pip install 'ddpm_plus[eval]'" in error

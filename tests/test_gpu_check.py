@@ -62,7 +62,7 @@ def assert_positive_finite(*values: float) -> None:
 
 def test_dry_run_runs_every_part_within_its_budget_and_records_the_environment(dry_run):
     statuses = {key: part["status"] for key, part in dry_run["parts"].items()}
-    assert statuses == {"a": "ok", "b": "ok", "c": "ok", "d": "ok", "e": "ok", "f": "not available"}
+    assert statuses == {"a": "ok", "b": "ok", "c": "ok", "d": "ok", "e": "ok", "f": "ok"}
     for key, part in dry_run["parts"].items():
         assert part["seconds"] < part["budget_s"] == gpu_check.DRY_RUN_SIZES.budgets_s[key]
     environment = dry_run["environment"]
@@ -132,9 +132,15 @@ def test_dry_run_posterior_sampling_is_finite_in_fp32_and_bf16(dry_run):
         assert_positive_finite(part[dtype]["images_per_s"])
 
 
-def test_dry_run_reports_sharded_runs_as_not_available(dry_run):
-    part = dry_run["parts"]["f"]
-    assert part["status"] == "not available" and "sharded" in part["results"]["reason"]
+def test_dry_run_runs_the_evaluation_commands(dry_run):
+    part = results(dry_run, "f")
+    sample = part["sample float32"]
+    assert "sample bfloat16" not in part  # half precision is refused on the CPU
+    assert sample["archive_shape"] == [part["num_images"], 16, 16, 3]
+    assert_positive_finite(sample["images_per_s"], sample["rerun_seconds"])
+    assert part["bpd exact"]["finite"] is True and part["bpd exact"]["mean_bpd"] > 0
+    assert_positive_finite(part["bpd exact"]["evaluations_per_s"])
+    assert "2 CPU processes" in part["several_gpus"]
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -173,7 +179,7 @@ def test_a_failing_or_overrunning_part_is_reported_and_the_others_still_run(monk
     assert parts["c"]["results"] == {"measured_before_the_error": 1.0}
     assert parts["d"]["status"] == "failed" and "exceeded its time budget of 0.2 s" in parts["d"]["error"]
     assert parts["d"]["seconds"] < 5
-    assert parts["f"]["status"] == "not available"
+    assert parts["f"]["status"] == "ok"
     assert "error: RuntimeError: boom" in (tmp_path / "gpu_check.txt").read_text()
 
 

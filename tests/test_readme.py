@@ -25,14 +25,16 @@ def readme_commands() -> list[str]:
     return fenced_blocks(README, "bash")[:2]
 
 
-def shown_commands(program: str) -> list[list[str]]:
-    """The arguments of every README command that runs `program`, continuation lines joined, comments dropped."""
+def shown_commands(*programs: str) -> list[list[str]]:
+    """The arguments of every README command that runs one of `programs` (a command, `-m` module or script path),
+    continuation lines joined, comments dropped."""
     commands = []
     for block in fenced_blocks(README, "bash")[2:]:
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            if program in words:
-                commands.append(words[words.index(program) + 1 :])
+            for program in programs:
+                if program in words:
+                    commands.append(words[words.index(program) + 1 :])
     return commands
 
 
@@ -117,14 +119,20 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
 
 
 def test_readme_cli_commands_parse():
-    """Every `ddpm-plus` command the README shows is accepted by the real parser and its checks."""
+    """Every `ddpm-plus` command the README shows, plainly or under `accelerate launch -m ddpm_plus.cli`, is accepted
+    by the real parser; so is every training command."""
     from ddpm_plus.cli import build_parser
+    from ddpm_plus.training import parse_args
 
-    commands = shown_commands("ddpm-plus")
-    assert commands
+    commands = shown_commands("ddpm-plus", "ddpm_plus.cli")
+    assert len(commands) >= 6 and any("fid" in arguments for arguments in commands)
     for arguments in commands:
         parsed = build_parser().parse_args(arguments)
         assert parsed.command == arguments[0]
+    training = shown_commands("train_scripts/train.py")
+    assert any("--eval_fid_every" in arguments for arguments in training)
+    for arguments in training:
+        assert parse_args(arguments).output_dir
 
 
 def test_math_references_point_at_sections_of_docs_math():

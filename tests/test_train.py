@@ -439,6 +439,10 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
         (["--learning_rate", "0"], "must be positive"),
         (["--num_train_timesteps", "1"], "--num_train_timesteps must be at least 2"),
         (["--skip_nonfinite_steps", "-1"], "--skip_nonfinite_steps must not be negative"),
+        (["--eval_fid_every", "-1"], "--eval_fid_every must not be negative"),
+        (["--fid_num_samples", "1"], "--fid_num_samples must be at least 2"),
+        (["--fid_num_reference", "1"], "--fid_num_reference must be at least 2"),
+        (["--output_dir", "HAS_FID_DIR"], "fid.json is a directory"),
         (["--output_dir", "FILE"], "exists and is not a directory"),
         (["--output_dir", "FILE/out"], "is not a directory"),
         (["--cache_dir", "FILE/cache"], "--cache_dir"),
@@ -460,6 +464,7 @@ def test_bad_arguments_fail_before_training_with_one_line_and_exit_code_2(
     (tmp_path / "FILE").write_text("a regular file")
     (tmp_path / "HAS_SAMPLES_DIR" / "samples.png").mkdir(parents=True)
     (tmp_path / "HAS_BOUND_DIR" / "bound.png").mkdir(parents=True)
+    (tmp_path / "HAS_FID_DIR" / "fid.json").mkdir(parents=True)
     extra = [str(tmp_path / value) if value.isupper() or value.startswith("FILE") else value for value in extra]
     out = tmp_path / "run"
     status, stderr = run_command_line(capsys, out, *extra)
@@ -467,17 +472,26 @@ def test_bad_arguments_fail_before_training_with_one_line_and_exit_code_2(
     assert not out.exists() and not (tmp_path / "FILE").is_dir()
 
 
-def test_training_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    ("missing", "extra", "message"),
+    [
+        ("matplotlib", [], "needs matplotlib, an optional dependency: pip install 'ddpm_plus[train]'"),
+        ("torch_fidelity", ["--eval_fid_every", "5"], "--eval_fid_every needs torch_fidelity, an optional dependency: "
+         "pip install 'ddpm_plus[eval]'"),
+    ],
+)  # fmt: skip
+def test_training_without_an_extra_it_needs_fails_before_training(
+    tmp_path, capsys, monkeypatch, missing, extra, message
+):
     installed = importlib.util.find_spec
 
-    def find_spec(name: str, *args):  # matplotlib is not installed
-        return None if name == "matplotlib" else installed(name, *args)
+    def find_spec(name: str, *args):  # `missing` is not installed
+        return None if name == missing else installed(name, *args)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     out = tmp_path / "run"
-    status, stderr = run_command_line(capsys, out, "--max_train_steps", "1")
-    message = error_line(status, stderr)
-    assert "needs matplotlib" in message and "pip install 'ddpm_plus[train]'" in message
+    status, stderr = run_command_line(capsys, out, "--max_train_steps", "1", *extra)
+    assert message in error_line(status, stderr)
     assert not out.exists()
 
 

@@ -58,12 +58,14 @@ from ddpm_plus.training import (
     build_optimizer,
     configure_backends,
     create_accelerator,
-    data_source,
+    dataset_description,
     explained_write_errors,
     hub_repo_id,
+    inference_steps,
     parse_args,
     prepare_output_dir,
     prepare_run,
+    prepare_training_fid,
     process_group_lifetime,
     resolve_max_train_steps,
     tracker_config,
@@ -112,7 +114,8 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, accelerator: Accele
     if args.compile:  # after prepare: checkpoints keep the plain parameter names, with or without --compile
         model = torch.compile(model)
     eval_unet = None
-    if accelerator.is_main_process:  # built here, so that evaluations never draw from the training RNG
+    # Built here, so that evaluations never draw from the training RNG; on every process for the shared FID.
+    if accelerator.is_main_process or args.eval_fid_every:
         eval_unet = UNet2DModel.from_config(setup.unet_config).to(accelerator.device).float().eval()
     set_seed(args.seed, device_specific=True)  # dropout and augmentation differ between processes
     ema = None
@@ -177,9 +180,10 @@ def train(trainer: Trainer) -> None:
             if step % args.logging_steps == 0 or step == last:
                 running.flush(progress)
             images, bpd = due(step, args.save_images_steps, last), due(step, args.bpd_steps, last)
-            if images or bpd:
+            fid = due(step, args.eval_fid_every, last)
+            if images or bpd or fid:
                 trainer.check_finite_weights()
-                trainer.evaluate(images=images, bpd=bpd)
+                trainer.evaluate(images=images, bpd=bpd, fid=fid)
             if args.checkpointing_steps and (step % args.checkpointing_steps == 0 or step == last):
                 trainer.save_checkpoint()
 
@@ -188,15 +192,15 @@ def train(trainer: Trainer) -> None:
 
 
 def save_outputs(trainer: Trainer) -> None:
-    """The EMA pipeline, `samples.png`, `bpd.json`, `bound.png` and the model card in --output_dir; optionally push
-    to the Hub.
+    """The EMA pipeline, `samples.png`, `bpd.json`, `bound.png`, `fid.json` (with --eval_fid_every) and the model
+    card in --output_dir; optionally push to the Hub.
 
     Only finite weights are evaluated and saved; a failed write (a full disk) is one line naming the intact checkpoint.
     """
     trainer.check_finite_weights()
     args = trainer.args
     with explained_write_errors("the final outputs", Path(args.output_dir)):
-        results = trainer.evaluate(images=True, bpd=True, final=True)
+        results = trainer.evaluate(images=True, bpd=True, fid=True, final=True)
         if not trainer.accelerator.is_main_process:
             return
         pipeline = trainer.pipeline(trainer.evaluation_unet())
@@ -210,17 +214,17 @@ def save_outputs(trainer: Trainer) -> None:
 
 
 def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str, Any]:
-    """Held-out bits/dim and its figure, public training settings, data set name and sample grid for
+    """Held-out bits/dim and its figure, the FID, public training settings, data set name and sample grid for
     `write_model_card`."""
     bpd = results.get("bpd")
-    resolution = trainer.setup.resolution
     return {
         "bits_per_dim": None if bpd is None else bpd["bits_per_dim"],
         "bits_per_dim_standard_error": None if bpd is None else bpd["standard_error"],
         "training_args": public_settings(trainer.args),
-        "dataset_name": data_source(trainer.args) or f"UCI handwritten digits ({resolution}x{resolution})",
+        "dataset_name": dataset_description(trainer.args, trainer.setup.resolution),
         "sample_grid": results["grid"],
         "bound_figure": results.get("bound_figure"),
+        "fid": results.get("fid"),
     }
 
 
@@ -241,6 +245,10 @@ def main(args: argparse.Namespace) -> int:
     with process_group_lifetime(accelerator):
         trainer = build_trainer(args, setup, accelerator)
         prepare_output_dir(args.output_dir, accelerator)
+        if args.eval_fid_every:
+            trainer.fid = prepare_training_fid(
+                args, setup.fid_reference_set, accelerator, num_inference_steps=inference_steps(args)
+            )
         trainer.resume()
         accelerator.init_trackers("ddpm_plus", config=tracker_config(args))
         logger.info(

@@ -157,10 +157,10 @@ def _add_fid_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_fid_arguments(args: argparse.Namespace) -> None:
-    check_extra_installed("torch_fidelity", "eval", "ddpm-plus fid")
     check_output_directory(args.cache_dir, "--cache-dir")
     if args.output is not None:
         check_output_file(args.output, "--output")
+    check_extra_installed("torch_fidelity", "eval", "ddpm-plus fid")
 
 
 def default_cache_dir() -> Path:
@@ -172,7 +172,7 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = _add_subcommand(
         subparsers, "bpd", "bits/dim (variational bound) of a saved pipeline on a data set", BPD_DESCRIPTION
     )
-    parser.add_argument("--model", required=True, help="saved pipeline directory (with unet/ and scheduler/)")
+    parser.add_argument("--model", required=True, help="saved pipeline directory (or Hub id)")
     parser.add_argument("--data", default="digits", help="'digits', an image folder, or a 🤗 datasets name/path")
     parser.add_argument("--split", default="test", help="data split (image folders: 'train' is all images)")
     parser.add_argument("--num-timesteps", default="full", type=_num_timesteps, help="'full' or evaluations/image")
@@ -201,6 +201,7 @@ def _check_bpd_arguments(args: argparse.Namespace) -> None:
     if args.plot is not None:
         check_extra_installed("matplotlib", "plot", "--plot")
         check_output_file(args.plot, "--plot")
+    _check_model_location(args.model)
 
 
 def _add_subcommand(

@@ -83,18 +83,31 @@ def partial_results(output: Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def load_model(directory: str | Path, device: str) -> tuple[Any, Any]:
-    """The UNet (float32, eval mode, on `device`) and the DDPMPlusScheduler of a saved pipeline directory."""
+def load_model(model: str, device: torch.device) -> tuple[Any, Any]:
+    """The UNet (float32, eval mode, on `device`) and the DDPMPlusScheduler of a saved DDPM+ or plain diffusers
+    DDPMPipeline folder, of a Hub id, or of a folder holding just `unet/` and `scheduler/`."""
+    from ddpm_plus.cli_sample import load_pipeline
+
+    directory = Path(model)
+    if directory.is_dir() and not (directory / "model_index.json").is_file():
+        return load_components(directory, device)
+    pipeline = load_pipeline(model, "float32", device, show_progress=False)
+    return pipeline.unet.eval(), pipeline.scheduler
+
+
+def load_components(directory: Path, device: torch.device) -> tuple[Any, Any]:
+    """The UNet and scheduler of a folder without `model_index.json` that holds `unet/` and `scheduler/`."""
     from diffusers import UNet2DModel
 
     from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 
-    directory = Path(directory)
     if not (directory / "unet").is_dir() or not (directory / "scheduler").is_dir():
-        raise ValueError(f"{directory} is not a saved pipeline directory: it needs unet/ and scheduler/ subfolders.")
+        raise ValueError(
+            f"--model {directory} is not a saved pipeline folder: it has neither model_index.json nor unet/ and "
+            "scheduler/ subfolders."
+        )
     unet = UNet2DModel.from_pretrained(directory, subfolder="unet", torch_dtype=torch.float32).to(device).eval()
-    scheduler = DDPMPlusScheduler.from_pretrained(directory, subfolder="scheduler")
-    return unet, scheduler
+    return unet, DDPMPlusScheduler.from_pretrained(directory, subfolder="scheduler")
 
 
 def load_images(source: str, split: str, unet_config: Any, max_images: int | None) -> torch.Tensor:

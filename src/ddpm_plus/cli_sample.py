@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from ddpm_plus.data import UNREADABLE_IMAGE_ERRORS, make_grid
-from ddpm_plus.sharding import Processes, SharedProgress, chunks_of, launched_processes
+from ddpm_plus.sharding import SEEDING, Processes, SharedProgress, chunks_of, launched_processes, sample_images
 from ddpm_plus.utils import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ GRID_IMAGES = 64
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings that decide the pixels: a folder made with other values is not resumed.
 IMAGE_SETTINGS = ("model", "scheduler", "steps", "stochasticity", "seed", "dtype", "seeding")
-SEEDING = "image i: noise from torch.Generator().manual_seed(seed + i)"
 
 
 @dataclass(frozen=True)
@@ -104,10 +103,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_pipeline(model: str, dtype: str, device: torch.device, show_progress: bool) -> DDPMPlusPipeline:
-    """A `DDPMPlusPipeline` (from a saved DDPM+ or plain DDPMPipeline folder, or a Hub id) in `dtype` on `device`."""
+    """A `DDPMPlusPipeline` (from a saved DDPM+ or plain DDPMPipeline folder, or a Hub id) in `dtype` on `device`;
+    a `ValueError` for a folder that is not a saved pipeline."""
+    from diffusers.utils import logging as diffusers_logging
+
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 
-    pipeline = DDPMPlusPipeline.from_pretrained(model).to(device)
+    if Path(model).is_dir() and not (Path(model) / "model_index.json").is_file():
+        raise ValueError(f"--model {model} is not a saved pipeline folder (it has no model_index.json).")
+    shown = diffusers_logging.is_progress_bar_enabled()
+    if not show_progress:
+        diffusers_logging.disable_progress_bar()  # diffusers' "Loading pipeline components" bar
+    try:
+        pipeline = DDPMPlusPipeline.from_pretrained(model).to(device)
+    finally:
+        if shown:
+            diffusers_logging.enable_progress_bar()
     if pipeline.unet.dtype != DTYPES[dtype]:
         pipeline.to(dtype=DTYPES[dtype])
     pipeline.set_progress_bar_config(leave=False, disable=not show_progress)
@@ -195,14 +206,9 @@ def generate_chunks(
     mine = processes.share(incomplete)
     with SharedProgress(processes, sum(map(len, incomplete)), sum(map(len, mine)), desc="images") as progress:
         for chunk in mine:
-            generators = [torch.Generator().manual_seed(args.seed + index) for index in chunk]
-            images = pipeline(
-                batch_size=len(chunk),
-                generator=generators,
-                num_inference_steps=steps,
-                stochasticity=args.stochasticity,
-                output_type="pil",
-            ).images
+            images = sample_images(
+                pipeline, chunk, seed=args.seed, num_inference_steps=steps, stochasticity=args.stochasticity
+            )
             for index, image in zip(chunk, images, strict=True):
                 with atomic_path(layout.image_path(index)) as temporary:
                     image.save(temporary, format="PNG")

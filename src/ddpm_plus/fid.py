@@ -56,21 +56,24 @@ class InceptionFeatures(torch.nn.Module):
         return features, logits
 
 
-def load_feature_extractor(spec: str, weights_path: str | None = None) -> torch.nn.Module:
-    """The feature extractor of `--feature-extractor`: "inception" (`InceptionFeatures`), or `module.path:name`
-    where `name` is a `torch.nn.Module`, a subclass of it (built without arguments) or a function that returns one."""
+def load_feature_extractor(
+    spec: str, weights_path: str | None = None, option: str = "--feature-extractor"
+) -> torch.nn.Module:
+    """The feature extractor of `spec` (the command-line `option`): "inception" (`InceptionFeatures`), or
+    `module.path:name` where `name` is a `torch.nn.Module`, a subclass of it (built without arguments) or a function
+    that returns one."""
     if spec == INCEPTION:
         return InceptionFeatures(weights_path)
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"--feature-extractor must be 'inception' or 'module.path:name', got {spec!r}.")
+        raise ValueError(f"{option} must be 'inception' or 'module.path:name', got {spec!r}.")
     try:
         found = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"--feature-extractor {spec}: {error}") from None
+        raise ValueError(f"{option} {spec}: {error}") from None
     extractor = found if isinstance(found, torch.nn.Module) else found() if callable(found) else None
     if not isinstance(extractor, torch.nn.Module):
-        raise ValueError(f"--feature-extractor {spec} is not a torch.nn.Module, nor a class or function making one.")
+        raise ValueError(f"{option} {spec} is not a torch.nn.Module, nor a class or function making one.")
     return extractor
 
 

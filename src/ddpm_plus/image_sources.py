@@ -107,7 +107,7 @@ class DatasetImages:
         return len(self._dataset)
 
     def read(self, indices: range) -> torch.Tensor:
-        return to_uint8(torch.stack([self._dataset[index] for index in indices]))
+        return read_uint8(self._dataset, indices)
 
     def fingerprint(self) -> str:
         files = getattr(self._dataset, "files", None)
@@ -116,6 +116,11 @@ class DatasetImages:
             return f"folder:{hashlib.sha256(listing.encode()).hexdigest()}"
         inner = getattr(self._dataset, "dataset", None)  # a 🤗 dataset: its fingerprint
         return f"dataset:{self.location}:{self.split}:{getattr(inner, '_fingerprint', '')}"
+
+
+def read_uint8(dataset: torch.utils.data.Dataset, indices: range) -> torch.Tensor:
+    """Images `indices` of a `ddpm_plus.data` data set (floats in [-1, 1] on the 8-bit grid) as uint8 (B, C, H, W)."""
+    return to_uint8(torch.stack([dataset[index] for index in indices]))
 
 
 ImageSet = ArchiveImages | DatasetImages

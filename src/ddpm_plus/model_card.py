@@ -2,8 +2,8 @@
 
 `write_model_card(directory, ...)` renders the model card (README.md with YAML metadata) of a directory written by
 `DDPMPlusPipeline.save_pretrained`, from the template `templates/ddpm_plus_model_card.md`, with the held-out
-bits/dim, the training settings, a sample grid and the figure of the bound (`ddpm_plus.plots`) when given. Setting
-names that look like secrets (token, password, ...) are left out of the card.
+bits/dim, the FID, the training settings, a sample grid and the figure of the bound (`ddpm_plus.plots`) when
+given. Setting names that look like secrets (token, password, ...) are left out of the card.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ def write_model_card(
     dataset_name: str | None = None,
     sample_grid: Image.Image | str | Path | None = None,
     bound_figure: Image.Image | str | Path | None = None,
+    fid: Mapping[str, Any] | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
     """Write `README.md` (and `sample_grid.png`, `bound.png`) into a saved pipeline directory and return the card.
@@ -55,6 +57,8 @@ def write_model_card(
         sample_grid: a PIL image or an image file of samples, stored as `sample_grid.png`.
         bound_figure: a PIL image or an image file of the bound's figure (`ddpm_plus.plots.save_bound_figure`: the
             terms per timestep and the rate-distortion curve), stored as `bound.png`.
+        fid: the FID of samples against the training images, as training's `fid.json` records it: "fid",
+            "num_samples", "num_inference_steps", "num_reference_images" and "feature_extractor".
         license: the license identifier for the metadata.
     """
     directory = Path(directory)
@@ -64,7 +68,7 @@ def write_model_card(
     if bound_figure is not None:
         _write_image(bound_figure, directory / BOUND_FIGURE_FILE)
     card = ModelCard.from_template(
-        _card_data(repo_id, bits_per_dim, dataset_name, license),
+        _card_data(repo_id, bits_per_dim, fid, dataset_name, license),
         template_path=str(MODEL_CARD_TEMPLATE),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
@@ -73,6 +77,7 @@ def write_model_card(
         dataset_name=dataset_name,
         sample_grid=SAMPLE_GRID_FILE if sample_grid is not None else None,
         bound_figure=BOUND_FIGURE_FILE if bound_figure is not None else None,
+        fid=fid,
         training_args=sorted((name, str(value)) for name, value in public_settings(training_args).items()),
         **_model_facts(directory),
     )
@@ -80,29 +85,40 @@ def write_model_card(
     return card
 
 
-def _card_data(repo_id: str, bits_per_dim: float | None, dataset_name: str | None, license: str) -> ModelCardData:
-    eval_results = None
+def _card_data(
+    repo_id: str,
+    bits_per_dim: float | None,
+    fid: Mapping[str, Any] | None,
+    dataset_name: str | None,
+    license: str,
+) -> ModelCardData:
+    """The YAML metadata: the bits/dim on held-out data and the FID against the training data as eval results."""
+    measured = []  # (metric type, name, value, split)
     if bits_per_dim is not None:
-        eval_results = [
-            EvalResult(
-                task_type="unconditional-image-generation",
-                dataset_type=dataset_name or "held-out",
-                dataset_name=dataset_name or "held-out data",
-                dataset_split="test",
-                metric_type="bits_per_dim",
-                metric_name="NLL bound (bits/dim)",
-                metric_value=float(bits_per_dim),
-            )
-        ]
+        measured.append(("bits_per_dim", "NLL bound (bits/dim)", float(bits_per_dim), "test"))
+    if fid is not None:
+        measured.append(("fid", f"FID ({fid['num_samples']} samples)", float(fid["fid"]), "train"))
+    eval_results = [
+        EvalResult(
+            task_type="unconditional-image-generation",
+            dataset_type=dataset_name or "held-out",
+            dataset_name=dataset_name or "held-out data",
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=value,
+        )
+        for metric_type, name, value, split in measured
+    ]
     return ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         license=license,
         tags=list(CARD_TAGS),
         datasets=[dataset_name] if dataset_name else None,
-        metrics=["bits_per_dim"] if bits_per_dim is not None else None,
+        metrics=[metric_type for metric_type, *_ in measured] or None,
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results,
+        eval_results=eval_results or None,
     )
 
 

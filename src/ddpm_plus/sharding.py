@@ -25,8 +25,11 @@ from ddpm_plus.utils import atomic_path, write_json
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+SEEDING = "image i: noise from torch.Generator().manual_seed(seed + i)"
 
 
 @dataclass(frozen=True)
@@ -188,3 +191,24 @@ def map_chunks(
             progress.advance(len(chunk))
     computed = dict(zip(missing, processes.gather(results), strict=True))
     return [computed[chunk] if stored.get(chunk) is None else stored[chunk] for chunk in chunks]
+
+
+def sample_images(
+    pipeline: DDPMPlusPipeline,
+    indices: range,
+    *,
+    seed: int,
+    num_inference_steps: int,
+    stochasticity: float | None = None,
+    output_type: str = "pil",
+) -> Any:
+    """Images `indices` of a sampling run, in one network batch: image i starts from the noise of a CPU generator
+    seeded with `seed + i` (`SEEDING`), so it does not depend on which process makes it, nor with which others."""
+    generators = [torch.Generator().manual_seed(seed + index) for index in indices]
+    return pipeline(
+        batch_size=len(indices),
+        generator=generators,
+        num_inference_steps=num_inference_steps,
+        stochasticity=stochasticity,
+        output_type=output_type,
+    ).images

@@ -24,9 +24,18 @@ def free_port() -> int:
 
 def run_module(module: str, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
     """`python -m module *args` on the CPU, under `accelerate launch --multi_gpu` with `processes` > 1."""
+    return _run(["-m", module, *args], processes)
+
+
+def run_script(script: Path, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """`python script *args` on the CPU, under `accelerate launch --multi_gpu` with `processes` > 1."""
+    return _run([str(script), *args], processes)
+
+
+def _run(target: list[str], processes: int) -> subprocess.CompletedProcess:
     launcher = []
     if processes > 1:
         launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
         launcher += ["--main_process_port", str(free_port())]
-    command = [sys.executable, *launcher, "-m", module, *args]
+    command = [sys.executable, *launcher, *target]
     return subprocess.run(command, env=cpu_environment(), capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -22,6 +22,7 @@ from ddpm_plus.training.arguments import (
     build_parser,
     check_arguments,
     data_source,
+    dataset_description,
     eval_split,
     hub_repo_id,
     inference_steps,
@@ -57,6 +58,7 @@ from ddpm_plus.training.launch import (
 from ddpm_plus.training.objective import DiffusionObjective, ObjectiveOutput, TrainingGenerators
 from ddpm_plus.training.resume import RESUME_SIGNATURE_KEYS, loss_scaler_difference, run_signature
 from ddpm_plus.training.run_setup import RunSetup, prepare_run
+from ddpm_plus.training.sample_quality import TrainingFid, prepare_training_fid
 from ddpm_plus.training.step import StepOutput, TrainingStep, build_optimizer, set_optimizer_hyperparameters
 from ddpm_plus.training.trainer import RunningLog, Trainer
 
@@ -75,6 +77,7 @@ __all__ = [
     "StepOutput",
     "Trainer",
     "TrainingError",
+    "TrainingFid",
     "TrainingGenerators",
     "TrainingStep",
     "build_optimizer",
@@ -85,6 +88,7 @@ __all__ = [
     "configure_backends",
     "create_accelerator",
     "data_source",
+    "dataset_description",
     "disk_is_full",
     "eval_split",
     "explained_write_errors",
@@ -96,6 +100,7 @@ __all__ = [
     "parse_args",
     "prepare_output_dir",
     "prepare_run",
+    "prepare_training_fid",
     "process_group_lifetime",
     "prune_checkpoints",
     "remove_unfinished_checkpoints",

@@ -30,7 +30,8 @@ LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType if kind is not Schedu
 MIN_TRAIN_TIMESTEPS = 2
 """The held-out bits/dim needs the decoder term (t = 0) and at least one KL term; T = 1 would fail after training."""
 # What a run writes into --output_dir besides its checkpoints: checked before the first step.
-OUTPUT_FILES = ("samples.png", "bpd.json", "bound.png", "README.md", "model_index.json")
+OUTPUT_FILES = ("samples.png", "bpd.json", "bound.png", "fid.json", "fid_reference.npz", "README.md")
+OUTPUT_FILES += ("model_index.json",)
 OUTPUT_DIRECTORIES = ("unet", "scheduler", "samples", "logs")
 
 
@@ -184,6 +185,24 @@ def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--bpd_strata", type=int, default=24, help="Timestep strata of the bits/dim estimator.")
     group.add_argument("--bpd_samples_per_stratum", type=int, default=2)
     group.add_argument("--eval_batch_size", type=int, default=256, help="Images per network call in evaluation.")
+    group.add_argument(
+        "--eval_fid_every",
+        type=int,
+        default=0,
+        help="FID of samples against the training images every N steps and at the end (0: never; needs "
+        "ddpm_plus[eval]).",
+    )
+    group.add_argument("--fid_num_samples", type=int, default=1000, help="Samples of each FID evaluation.")
+    group.add_argument(
+        "--fid_num_reference", type=int, default=None, help="Training images of the FID reference (default: all)."
+    )
+    group.add_argument(
+        "--fid_feature_extractor",
+        default="inception",
+        help="'inception' (torch-fidelity's InceptionV3, TensorFlow FID weights) or module.path:name of a "
+        "torch.nn.Module (see `ddpm-plus fid --help`).",
+    )
+    group.add_argument("--fid_feature_extractor_weights", default=None, help="A local copy of the Inception weights.")
 
 
 def _add_checkpoint_arguments(group: argparse._ArgumentGroup) -> None:
@@ -230,6 +249,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--num_inference_steps cannot exceed --num_train_timesteps.")
     _check_tracker(args.report_to)
     check_extra_installed("matplotlib", "train", "training (the figure of the held-out bound, bound.png)")
+    if args.eval_fid_every:
+        check_extra_installed("torch_fidelity", "eval", "--eval_fid_every")
     check_output_locations(args)
     _check_hub_arguments(args)
     if args.hub_token is not None:
@@ -245,7 +266,8 @@ def _check_ranges(args: argparse.Namespace) -> None:
     positive += ("num_grid_images", "eval_batch_size", "bpd_strata")
     optional_positive = ("max_train_steps", "num_epochs", "resolution", "num_eval_images", "num_inference_steps")
     optional_positive += ("checkpoints_total_limit", "num_threads")
-    non_negative = ("save_images_steps", "bpd_steps", "checkpointing_steps", "lr_warmup_steps", "seed")
+    non_negative = ("save_images_steps", "bpd_steps", "eval_fid_every", "checkpointing_steps", "lr_warmup_steps")
+    non_negative += ("seed",)
     non_negative += ("dataloader_num_workers", "max_grad_norm", "adam_weight_decay", "skip_nonfinite_steps")
     for name in positive + optional_positive:
         value = getattr(args, name)
@@ -258,6 +280,10 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
     if args.bpd_samples_per_stratum < 2:
         raise ValueError("--bpd_samples_per_stratum must be at least 2 (the estimator needs a variance).")
+    for name in ("fid_num_samples", "fid_num_reference"):
+        value = getattr(args, name)
+        if value is not None and value < 2:
+            raise ValueError(f"--{name} must be at least 2 (the covariance of the features needs two), got {value}.")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise ValueError(f"--snr_gamma must be positive, got {args.snr_gamma}.")
     if not 0.0 <= args.ema_max_decay <= 1.0:
@@ -315,6 +341,11 @@ def _check_tracker(report_to: str) -> None:
 def data_source(args: argparse.Namespace) -> str | None:
     """The training data given (an image folder or a 🤗 dataset), or None for the embedded digits."""
     return args.train_data_dir or args.dataset_name
+
+
+def dataset_description(args: argparse.Namespace, resolution: int) -> str:
+    """The training data as the model card names it: the data source, or the embedded digits at `resolution`."""
+    return data_source(args) or f"UCI handwritten digits ({resolution}x{resolution})"
 
 
 def eval_split(args: argparse.Namespace) -> str | None:

@@ -1,5 +1,6 @@
 """What the arguments of a run resolve to, checked before any work: the UNet config at the training resolution,
-the noise scheduler, the verified checkpoint to resume from, the training set and the held-out images."""
+the noise scheduler, the verified checkpoint to resume from, the training set, the held-out images and the
+reference images of the FID."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class RunSetup:
     eval_images: torch.Tensor | None
     resolution: int
     resume: ResumeChoice | None = None
+    fid_reference_set: torch.utils.data.Dataset | None = None  # the training images without augmentation
 
 
 def resolve_unet_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -65,24 +67,34 @@ def build_noise_scheduler(args: argparse.Namespace, config: dict[str, Any]) -> D
     )
 
 
+def load_split(
+    args: argparse.Namespace, resolution: int, num_channels: int, split: str, *, center_crop: bool, random_flip: bool
+) -> torch.utils.data.Dataset:
+    """One split of the run's data source at the training resolution."""
+    return load_image_dataset(
+        data_source(args),
+        split=split,
+        resolution=resolution,
+        num_channels=num_channels,
+        center_crop=center_crop,
+        random_flip=random_flip,
+        cache_dir=args.cache_dir,
+        image_column=args.image_column,
+        held_out_fraction=args.held_out_fraction,
+    )
+
+
 def load_datasets(
     args: argparse.Namespace, resolution: int, num_channels: int
 ) -> tuple[torch.utils.data.Dataset, torch.Tensor | None]:
     """The training set and the held-out images (a tensor, or None when there is no held-out split)."""
-    common = {
-        "resolution": resolution,
-        "num_channels": num_channels,
-        "cache_dir": args.cache_dir,
-        "image_column": args.image_column,
-        "held_out_fraction": args.held_out_fraction,
-    }
-    train_set = load_image_dataset(
-        data_source(args), split="train", center_crop=args.center_crop, random_flip=args.random_flip, **common
+    train_set = load_split(
+        args, resolution, num_channels, "train", center_crop=args.center_crop, random_flip=args.random_flip
     )
     split = eval_split(args)
     if split is None:
         return train_set, None
-    eval_set = load_image_dataset(data_source(args), split=split, center_crop=True, random_flip=False, **common)
+    eval_set = load_split(args, resolution, num_channels, split, center_crop=True, random_flip=False)
     count = len(eval_set) if args.num_eval_images is None else min(args.num_eval_images, len(eval_set))
     return train_set, torch.stack([eval_set[index] for index in range(count)])
 
@@ -94,4 +106,9 @@ def prepare_run(args: argparse.Namespace) -> RunSetup:
     noise_scheduler = build_noise_scheduler(args, config)
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     train_set, eval_images = load_datasets(args, resolution, config["in_channels"])
-    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume)
+    fid_reference_set = None
+    if args.eval_fid_every:
+        fid_reference_set = load_split(
+            args, resolution, config["in_channels"], "train", center_crop=args.center_crop, random_flip=False
+        )
+    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume, fid_reference_set)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from ddpm_plus.training.arguments import eval_split, inference_steps
+from ddpm_plus.training.arguments import dataset_description, eval_split, inference_steps
 from ddpm_plus.training.checkpoints import (
     EMA_WEIGHTS_FILE,
     TRAINING_STATE_FILE,
@@ -42,6 +42,7 @@ from ddpm_plus.training.evaluation import (
 )
 from ddpm_plus.training.launch import log_on_main_process
 from ddpm_plus.training.resume import changed_settings, check_resumable, run_signature
+from ddpm_plus.training.sample_quality import FID_RECORD_FILE, TrainingFid
 from ddpm_plus.training.step import StepOutput, TrainingStep, all_finite, set_optimizer_hyperparameters
 from ddpm_plus.utils import public_settings, write_json
 
@@ -68,7 +69,9 @@ class Trainer:
     step_fn: TrainingStep
     batch_sampler: ShardedBatchSampler
     max_train_steps: int
-    eval_unet: UNet2DModel | None = None  # main process: receives the EMA weights for sampling and bits/dim
+    # The main process (every process with --eval_fid_every) receives the EMA weights for sampling and bits/dim.
+    eval_unet: UNet2DModel | None = None
+    fid: TrainingFid | None = None  # with --eval_fid_every
     global_step: int = 0
     skipped_steps: list[dict[str, Any]] = field(default_factory=list)  # {"step", "reason"} of each skipped batch
 
@@ -258,10 +261,11 @@ class Trainer:
         """The pipeline of `unet` with the training scheduler's config."""
         return evaluation_pipeline(unet, self.setup.noise_scheduler)
 
-    def evaluate(self, *, images: bool, bpd: bool, final: bool = False) -> dict[str, Any]:
-        """Sample grid and/or held-out bits/dim (with its figure, logged to TensorBoard) on the main process; the
-        others wait. The results ("grid": the grid's path, "bpd": the bits/dim record, "bound_figure": the figure's
-        path, or None) are the final outputs `samples.png`, `bpd.json` and `bound.png` with `final`."""
+    def evaluate(self, *, images: bool, bpd: bool, fid: bool = False, final: bool = False) -> dict[str, Any]:
+        """Sample grid and/or held-out bits/dim (with its figure, logged to TensorBoard) on the main process, and the
+        FID (with --eval_fid_every) on all processes; the others wait. The results ("grid": the grid's path, "bpd":
+        the bits/dim record, "bound_figure": the figure's path or None, "fid": the FID record) are the final outputs
+        `samples.png`, `bpd.json`, `bound.png` and `fid.json` with `final`."""
         results: dict[str, Any] = {}
         if self.accelerator.is_main_process and (images or (bpd and self.setup.eval_images is not None)):
             unet = self.evaluation_unet()
@@ -271,6 +275,8 @@ class Trainer:
                 estimate, pilot = self._heldout_bpd(unet)
                 results["bpd"] = self._record_bpd(estimate, final)
                 results["bound_figure"] = self._log_bound_figure(estimate, pilot, final)
+        if fid and self.fid is not None:
+            results["fid"] = self._record_fid(self.fid(self.pipeline(self.evaluation_unet())), final)
         self.accelerator.wait_for_everyone()
         return results
 
@@ -335,6 +341,21 @@ class Trainer:
         )
         if final:
             write_json(Path(self.args.output_dir) / "bpd.json", record)
+        return record
+
+    def _record_fid(self, fid: float, final: bool) -> dict[str, Any]:
+        """Log the FID of this step (TensorBoard `fid/training_data`, a log line); the final one goes to `fid.json`."""
+        dataset_name = dataset_description(self.args, self.setup.resolution)
+        record = self.fid.record(fid, step=self.global_step, dataset_name=dataset_name)
+        self.accelerator.log({"fid/training_data": fid}, step=self.global_step)
+        log_on_main_process(
+            __name__,
+            logging.INFO,
+            f"step {self.global_step}: FID {fid:.4f} ({record['num_samples']} samples of "
+            f"{record['num_inference_steps']} steps against {record['num_reference_images']} training images)",
+        )
+        if final and self.accelerator.is_main_process:
+            write_json(Path(self.args.output_dir) / FID_RECORD_FILE, record)
         return record
 
 
