@@ -66,7 +66,8 @@ def oldest_python() -> str:
 # Prints where ddpm_plus was imported from and the versions that the README's matrix lists.
 REPORT_VERSIONS = """
 import importlib.metadata, importlib.util, platform, ddpm_plus
-names = ["torch", "diffusers", "huggingface_hub", "accelerate", "transformers", "numpy"]
+names = ["torch", "torchvision", "torch_fidelity", "diffusers", "huggingface_hub", "accelerate", "transformers"]
+names += ["matplotlib", "numpy"]
 versions = [f"{name} {importlib.metadata.version(name)}" for name in names if importlib.util.find_spec(name)]
 print(ddpm_plus.__file__)
 print("Python", platform.python_version(), *versions)
