@@ -40,8 +40,8 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def declared_minimums() -> dict[str, str]:
-    """`name==version` for each package of FLOORED, at the `>=` bound that pyproject.toml declares for it."""
+def declared_minimums(floored: tuple[str, ...] = FLOORED) -> dict[str, str]:
+    """`name==version` for each package of `floored`, at the `>=` bound that pyproject.toml declares for it."""
     project = pyproject()["project"]
     extras = project["optional-dependencies"].values()
     requirements = [*project["dependencies"], *(text for extra in extras for text in extra)]
@@ -50,9 +50,9 @@ def declared_minimums() -> dict[str, str]:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
         floors = [spec.version for spec in requirement.specifier if spec.operator == ">="]
-        if name in FLOORED and floors:
+        if name in floored and floors:
             minimums[name] = f"{name}=={floors[0]}"
-    missing = set(FLOORED) - set(minimums)
+    missing = set(floored) - set(minimums)
     if missing:
         raise ValueError(f"pyproject.toml declares no lower bound for {sorted(missing)}")
     return minimums
@@ -129,9 +129,10 @@ def python_floor(session: nox.Session) -> None:
 
 @nox.session(name="eval", python="3.11")
 def eval_extra(session: nox.Session) -> None:
-    """(e) The tests of the extra `eval` (sample quality with torch-fidelity), with the torchvision it needs."""
+    """(e) The tests of the extra `eval` (sample quality), with the torchvision it needs and the declared minimum
+    torch-fidelity."""
     session.install(*EVAL_TORCH)
-    session.install("-e", ".[test,eval]")
+    session.install("-e", ".[test,eval]", *declared_minimums(("torch-fidelity",)).values())
     run_suite(session, "-m", "eval")
 
 

@@ -136,6 +136,20 @@ def test_the_cache_is_not_reused_for_other_images(sides, tmp_path, capsys):
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_a_damaged_cache_is_computed_again_not_used(sides, tmp_path, capsys):
+    samples, reference, _, _ = sides
+    output = tmp_path / "results.json"
+    assert main(fid_argv(samples, reference, tmp_path, "--output", str(output))) == 0
+    metrics = json.loads(output.read_text())["metrics"]
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert main(fid_argv(samples, reference, tmp_path, "--output", str(output))) == 0
+    assert "computed and cached in" in capsys.readouterr().out
+    assert json.loads(output.read_text())["metrics"] == metrics
+
+
 def test_grey_images_and_digits_as_reference(tmp_path):
     grey = np.random.default_rng(1).integers(0, 256, (6, SIZE, SIZE, 1), dtype=np.uint8)
     samples = write_archive(tmp_path / "grey.npz", grey)

@@ -106,6 +106,7 @@ def test_the_reference_is_computed_once_and_reused_when_resuming(tmp_path, caplo
     assert run_main(out, "--max_train_steps", "2", *common) == 0
     assert "FID reference: 20 training images" in caplog.text
     saved = (out / "fid_reference.npz").read_bytes()
+    first_sigma = np.load(out / "fid_reference.npz")["sigma"]
 
     caplog.clear()
     assert run_main(out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", *common) == 0
@@ -113,10 +114,18 @@ def test_the_reference_is_computed_once_and_reused_when_resuming(tmp_path, caplo
     assert (out / "fid_reference.npz").read_bytes() == saved
     assert json.loads((out / "fid.json").read_text())["fid"] == pytest.approx(expected_fid(out), rel=1e-5)
 
+    # a damaged file is computed again, not used
+    (out / "fid_reference.npz").write_bytes(saved[:100])
+    caplog.clear()
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert run_main(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *common) == 0
+    assert "FID reference: 20 training images" in caplog.text
+    assert np.array_equal(np.load(out / "fid_reference.npz")["sigma"], first_sigma)
+
     # other reference settings make new statistics
     fewer = [*common, "--fid_num_reference", "10"]
     caplog.clear()
-    assert run_main(out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *fewer) == 0
+    assert run_main(out, "--max_train_steps", "8", "--resume_from_checkpoint", "latest", *fewer) == 0
     assert "FID reference: 10 training images" in caplog.text
     assert json.loads(str(np.load(out / "fid_reference.npz")["info"]))["count"] == 10
 

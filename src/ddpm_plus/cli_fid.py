@@ -28,6 +28,7 @@ from ddpm_plus.fid import (
     is_statistics_file,
     load_feature_extractor,
     quality_metrics,
+    read_cached_statistics,
 )
 from ddpm_plus.image_sources import ImageSet, Shape, describe_shape, open_images
 from ddpm_plus.sharding import Processes, chunks_of, launched_processes, map_chunks
@@ -118,8 +119,9 @@ def statistics_of_reference(
         check_extractor(reference, fingerprint, "--reference")
         return reference, f"read from {args.reference}"
     cache = cache_path(args.cache_dir, args.reference, reference, shape, fingerprint)
-    if cache.is_file():
-        return FeatureStatistics.load(cache), f"read from the cache, {cache}"
+    cached = read_cached_statistics(cache)
+    if cached is not None:
+        return cached, f"read from the cache, {cache}"
     features = sharded_features(extractor, reference, processes, args.batch_size, "reference features")
     statistics = FeatureStatistics.from_features(features.features, shape, fingerprint)
     if processes.is_main:

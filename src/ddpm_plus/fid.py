@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -153,6 +155,18 @@ class FeatureStatistics:
         return cls(
             mu, sigma, info.get("count", 0), features, None if shape is None else tuple(shape), info.get("extractor")
         )
+
+
+def read_cached_statistics(path: Path) -> FeatureStatistics | None:
+    """The statistics cached in `path`, or None when there are none or they cannot be read (a damaged file is
+    computed again, never used)."""
+    if not path.is_file():
+        return None
+    try:
+        return FeatureStatistics.load(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"{path} cannot be read ({error}): the statistics are computed again.", stacklevel=2)
+        return None
 
 
 def is_statistics_file(path: Path) -> bool:

@@ -25,6 +25,7 @@ from ddpm_plus.fid import (
     extractor_fingerprint,
     frechet_distance,
     load_feature_extractor,
+    read_cached_statistics,
 )
 from ddpm_plus.image_sources import read_uint8
 from ddpm_plus.sharding import Processes, chunks_of, map_chunks, sample_images
@@ -132,10 +133,9 @@ def prepare_training_fid(
 
 
 def _cached_reference(path: Path, count: int, shape: tuple[int, ...], fingerprint: str) -> FeatureStatistics | None:
-    """The statistics in `path` when they are those of `count` images of `shape` by the extractor `fingerprint`."""
-    if not path.is_file():
-        return None
-    cached = FeatureStatistics.load(path)
-    if (cached.count, cached.shape, cached.extractor) != (count, shape, fingerprint):
+    """The statistics in `path` when they are readable and those of `count` images of `shape` by the extractor
+    `fingerprint`."""
+    cached = read_cached_statistics(path)
+    if cached is None or (cached.count, cached.shape, cached.extractor) != (count, shape, fingerprint):
         return None
     return cached
