@@ -158,3 +158,21 @@ def test_plain_diffusers_ddpm_pipeline_folders_are_sampled(tmp_path):
         main(["sample", "--model", str(tmp_path / "ddpm"), "--num-images", "2", "--steps", "3", "--out", str(out)]) == 0
     )
     assert sorted(os.listdir(tmp_path / "grid")) == ["000000.png", "000001.png", "manifest.json", "samples_2x8x8x3.npz"]
+
+
+def test_a_hub_id_gives_the_images_of_its_folder(saved_pipeline, reference_run, tmp_path, monkeypatch):
+    """Only the Hub download is replaced (by the saved folder); the manifest names the Hub id."""
+    import huggingface_hub
+
+    downloads = []
+    monkeypatch.setattr(
+        huggingface_hub,
+        "snapshot_download",
+        lambda repo_id, **options: downloads.append(repo_id) or str(saved_pipeline),
+    )
+    out = tmp_path / "grid.png"
+    assert main(sample_argv("someone/ddpm-tiny", out, "--batch-size", "3")) == 0
+    files = output_bytes(out)
+    manifest = json.loads(files.pop("manifest.json"))
+    assert downloads == ["someone/ddpm-tiny"] and manifest["model"] == "someone/ddpm-tiny"
+    assert files == {name: data for name, data in reference_run.items() if name != "manifest.json"}
