@@ -21,17 +21,16 @@ from typing import Any
 import torch
 
 from ddpm_plus.fid import (
-    Features,
     FeatureStatistics,
-    extract_features,
     extractor_fingerprint,
     is_statistics_file,
     load_feature_extractor,
     quality_metrics,
     read_cached_statistics,
+    sharded_features,
 )
 from ddpm_plus.image_sources import ImageSet, Shape, describe_shape, open_images
-from ddpm_plus.sharding import Processes, chunks_of, launched_processes, map_chunks
+from ddpm_plus.sharding import Processes, launched_processes
 from ddpm_plus.utils import write_json
 
 Side = ImageSet | FeatureStatistics
@@ -122,7 +121,9 @@ def statistics_of_reference(
     cached = read_cached_statistics(cache)
     if cached is not None:
         return cached, f"read from the cache, {cache}"
-    features = sharded_features(extractor, reference, processes, args.batch_size, "reference features")
+    features = sharded_features(
+        extractor, reference.count, reference.read, processes, args.batch_size, "reference features"
+    )
     statistics = FeatureStatistics.from_features(features.features, shape, fingerprint)
     if processes.is_main:
         statistics.save(cache)
@@ -141,7 +142,7 @@ def statistics_of_samples(
     if isinstance(samples, FeatureStatistics):
         check_extractor(samples, fingerprint, "--samples")
         return samples, None
-    features = sharded_features(extractor, samples, processes, args.batch_size, "sample features")
+    features = sharded_features(extractor, samples.count, samples.read, processes, args.batch_size, "sample features")
     return FeatureStatistics.from_features(features.features, shape, fingerprint), features.logits
 
 
@@ -157,21 +158,6 @@ def cache_path(cache_dir: Path, location: str, images: ImageSet, shape: Shape, f
     key = hashlib.sha256("\n".join([images.fingerprint(), str(shape), fingerprint]).encode()).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", location.strip("/"))[-60:]
     return cache_dir / f"{name}-{key}.npz"
-
-
-def sharded_features(
-    extractor: torch.nn.Module, images: ImageSet, processes: Processes, batch_size: int, desc: str
-) -> Features:
-    """The features of all images, on every process: each process takes its share of the chunks of `batch_size`
-    consecutive images, and the chunks' features are gathered in image order."""
-    parts = map_chunks(
-        processes,
-        chunks_of(images.count, batch_size),
-        lambda chunk: extract_features(extractor, images.read(chunk)),
-        Features,
-        desc=desc,
-    )
-    return Features.concat(parts)
 
 
 # --------------------------------------------------------------------------------------------- report

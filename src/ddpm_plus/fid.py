@@ -15,6 +15,7 @@ import importlib
 import json
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ import torch
 
 from ddpm_plus.extras import import_extra
 from ddpm_plus.image_sources import archive_members
+from ddpm_plus.sharding import Processes, chunks_of, map_chunks
 from ddpm_plus.utils import atomic_path
 
 INCEPTION = "inception"
@@ -114,6 +116,27 @@ def extract_features(extractor: torch.nn.Module, images: torch.Tensor) -> Featur
     if features.ndim != 2:
         raise ValueError(f"the feature extractor must return (batch, dim) features, got shape {tuple(features.shape)}.")
     return Features(features.float().cpu(), None if logits is None else logits.float().cpu())
+
+
+def sharded_features(
+    extractor: torch.nn.Module,
+    count: int,
+    read: Callable[[range], torch.Tensor],
+    processes: Processes,
+    batch_size: int,
+    desc: str,
+) -> Features:
+    """The features of images 0..count-1, on every process: each process takes its share of the chunks of
+    `batch_size` consecutive images, `read(chunk)` gives a chunk's uint8 images (B, C, H, W), and the chunks'
+    features are gathered in image order."""
+    parts = map_chunks(
+        processes,
+        chunks_of(count, batch_size),
+        lambda chunk: extract_features(extractor, read(chunk)),
+        Features,
+        desc=desc,
+    )
+    return Features.concat(parts)
 
 
 @dataclass

@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ddpm_plus.fid import (
-    Features,
     FeatureStatistics,
-    extract_features,
     extractor_fingerprint,
     frechet_distance,
     load_feature_extractor,
     read_cached_statistics,
+    sharded_features,
 )
 from ddpm_plus.image_sources import read_uint8
-from ddpm_plus.sharding import Processes, chunks_of, map_chunks, sample_images
+from ddpm_plus.sharding import Processes, sample_images
 from ddpm_plus.training.launch import log_on_main_process
 
 if TYPE_CHECKING:
@@ -59,16 +58,16 @@ class TrainingFid:
         """The FID of `num_samples` samples of `pipeline` against the training images (a collective call: every
         process makes its share)."""
 
-        def features_of_samples(chunk: range) -> Features:
+        def samples_of(chunk: range) -> torch.Tensor:
             samples = sample_images(
                 pipeline, chunk, seed=self.seed, num_inference_steps=self.num_inference_steps, output_type="pt"
             )
-            return extract_features(self.extractor, (samples * 255).round().to(torch.uint8))
+            return (samples * 255).round().to(torch.uint8)
 
-        chunks = chunks_of(self.num_samples, self.batch_size)
-        parts = map_chunks(self.processes, chunks, features_of_samples, Features, desc="FID samples")
-        statistics = FeatureStatistics.from_features(Features.concat(parts).features)
-        return frechet_distance(statistics, self.reference)
+        features = sharded_features(
+            self.extractor, self.num_samples, samples_of, self.processes, self.batch_size, "FID samples"
+        )
+        return frechet_distance(FeatureStatistics.from_features(features.features), self.reference)
 
     def record(self, fid: float, *, step: int, dataset_name: str) -> dict[str, Any]:
         """What `fid.json` and the model card say of an FID: its value and how it was measured."""
@@ -104,18 +103,20 @@ def prepare_training_fid(
     count = len(reference_set) if args.fid_num_reference is None else min(args.fid_num_reference, len(reference_set))
     if count < 2:
         raise ValueError(f"--eval_fid_every needs at least 2 training images for the reference, got {count}.")
-    shape = tuple(reference_set[0].shape[1:]) + (reference_set[0].shape[0],)  # (H, W, C)
+    channels, height, width = reference_set[0].shape
+    shape = (height, width, channels)
     path = Path(args.output_dir) / FID_REFERENCE_FILE
     reference = _cached_reference(path, count, shape, fingerprint)
     if reference is None:
-        parts = map_chunks(
+        features = sharded_features(
+            extractor,
+            count,
+            lambda chunk: read_uint8(reference_set, chunk),
             processes,
-            chunks_of(count, args.eval_batch_size),
-            lambda chunk: extract_features(extractor, read_uint8(reference_set, chunk)),
-            Features,
-            desc="FID reference",
+            args.eval_batch_size,
+            "FID reference",
         )
-        reference = FeatureStatistics.from_features(Features.concat(parts).features, shape, fingerprint)
+        reference = FeatureStatistics.from_features(features.features, shape, fingerprint)
         if processes.is_main:
             reference.save(path)
         log_on_main_process(__name__, logging.INFO, f"FID reference: {count} training images, saved to {path}.")
