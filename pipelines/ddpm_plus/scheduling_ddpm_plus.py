@@ -134,6 +134,53 @@ def check_schedule_settings(
         )
 
 
+def respaced_timesteps(num_train_timesteps: int, section_counts: str) -> list[int]:
+    """The timesteps kept by improved-diffusion's `timestep_respacing`, in descending order (for
+    `set_timesteps(timesteps=...)`; the reverse chain then steps between consecutive kept timesteps).
+
+    * `"N"` or `"N1,N2,..."`: the chain 0..T-1 is cut into as many equal sections (the first T mod k sections one
+      step longer), and section j keeps N_j timesteps: its first, then every (size - 1) / (N_j - 1) steps, each
+      position accumulated in floating point and rounded half to even, as upstream does.
+    * `"ddimN"`: every s-th timestep from 0, for the smallest stride s that gives exactly N timesteps.
+    """
+    spacing = section_counts.strip()
+    if spacing.startswith("ddim"):
+        count = _respacing_count(spacing[len("ddim") :], section_counts)
+        for stride in range(1, num_train_timesteps):
+            if len(range(0, num_train_timesteps, stride)) == count:
+                return list(range(0, num_train_timesteps, stride))[::-1]
+        raise ValueError(
+            f"timestep_respacing {section_counts!r}: no integer stride gives exactly {count} of "
+            f"{num_train_timesteps} timesteps."
+        )
+    counts = [_respacing_count(part, section_counts) for part in spacing.split(",")]
+    size, extra = divmod(num_train_timesteps, len(counts))
+    kept, start = [], 0
+    for section, count in enumerate(counts):
+        section_size = size + (1 if section < extra else 0)
+        if count > section_size:
+            raise ValueError(
+                f"timestep_respacing {section_counts!r}: section {section} has {section_size} timesteps, fewer than "
+                f"the {count} asked for."
+            )
+        stride = 1 if count <= 1 else (section_size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
+        start += section_size
+    return sorted(set(kept), reverse=True)
+
+
+def _respacing_count(text: str, spacing: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(
+            f"timestep_respacing must be step counts 'N' or 'N1,N2,...' or 'ddimN' with positive integers, got "
+            f"{spacing!r}."
+        )
+    return int(text)
+
+
 def check_betas(betas: torch.Tensor, config: FrozenDict) -> None:
     """Raise a `ValueError` naming the schedule settings unless every β_t of the built schedule lies in (0, 1]
     (β_t = 0 makes the first posterior degenerate; diffusers' capped schedules stay at or below 0.999, and a zero

@@ -1,8 +1,9 @@
-"""The `ddpm-plus` command line: `ddpm-plus sample ...`, `ddpm-plus fid ...` and `ddpm-plus bpd ...`.
+"""The `ddpm-plus` command line: `ddpm-plus sample ...`, `fid ...`, `bpd ...` and `convert ...`.
 
 This module builds the parsers and checks the arguments and every output location with the standard library only,
 so `--help` and argument errors answer at once and a run never fails at the end for want of a place to write. The
-sub-command's module (`cli_sample`, `cli_fid`, `cli_bpd`), which imports torch, is imported only to run it.
+sub-command's module (`cli_sample`, `cli_fid`, `cli_bpd`, `cli_convert`), which imports torch, is imported only to
+run it.
 A user error (an invalid value, an unwritable output, a bad model or data set) is one line on stderr and exit code 2.
 """
 
@@ -64,10 +65,26 @@ interrupted command to compute only the rest.
 Images must have an exact 8-bit form: 16-bit, float and transparent images are refused (see ddpm_plus.data).
 """
 
+CONVERT_DESCRIPTION = """\
+Convert an openai/improved-diffusion or openai/guided-diffusion checkpoint into a DDPM+ pipeline folder.
+
+    ddpm-plus convert --from improved-diffusion --checkpoint cifar10_uncond_50M_500K.pt --out cifar10-ddpm-plus \\
+        --flags "--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 \\
+                 --diffusion_steps 4000 --noise_schedule cosine"
+
+--flags takes the MODEL_FLAGS and DIFFUSION_FLAGS that the upstream README prints next to the checkpoint, read with
+that source's defaults. The folder holds a plain diffusers UNet2DModel and a DDPMPlusScheduler in safetensors and a
+model card naming the source, the flags and the checkpoint's SHA-256; it loads with DDPMPlusPipeline.from_pretrained
+(and plain diffusers). The checkpoint is read with torch.load(weights_only=True): no pickle code runs. A model that
+UNet2DModel cannot represent, or a checkpoint that does not fit its flags, is refused in one line before anything is
+written (docs/converting.md lists the released checkpoints).
+"""
+
 SAMPLES_PER_STRATUM = 2
 MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
 SAMPLE_DTYPES = ("float32", "float16", "bfloat16")
 FID_METRICS = ("fid", "is", "kid", "pr")
+CONVERT_SOURCES = ("improved-diffusion", "guided-diffusion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_parser(subcommands)
     _add_fid_parser(subcommands)
     _add_bpd_parser(subcommands)
+    _add_convert_parser(subcommands)
     return parser
 
 
@@ -105,6 +123,14 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stochasticity", type=_unit_interval, default=None, help="reverse-SDE noise η in [0, 1] (default: DDPM step)"
     )
+    parser.add_argument(
+        "--timestep-respacing",
+        default=None,
+        help="instead of --steps, improved-/guided-diffusion's respacing, e.g. 250, 10,20,30 or ddim50",
+    )
+    parser.add_argument(
+        "--class-label", type=int, default=None, help="the class of every image (class-conditional models only)"
+    )
     parser.add_argument("--dtype", choices=SAMPLE_DTYPES, default="float32", help="half precision needs a GPU")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per network call (default 16)")
@@ -114,6 +140,8 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_sample_arguments(args: argparse.Namespace) -> None:
+    if args.steps is not None and args.timestep_respacing is not None:
+        raise ValueError("give --steps or --timestep-respacing, not both.")
     if args.dtype != "float32" and args.device == "cpu":
         raise ValueError(f"--dtype {args.dtype} needs a GPU (--device cuda); sample in float32 on CPUs.")
     check_output_file(args.out, "--out")
@@ -202,6 +230,30 @@ def _check_bpd_arguments(args: argparse.Namespace) -> None:
         check_extra_installed("matplotlib", "plot", "--plot")
         check_output_file(args.plot, "--plot")
     _check_model_location(args.model)
+
+
+def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = _add_subcommand(
+        subparsers, "convert", "convert an improved-/guided-diffusion checkpoint to a pipeline", CONVERT_DESCRIPTION
+    )
+    parser.add_argument(
+        "--from", dest="source", required=True, choices=CONVERT_SOURCES, help="the code base the checkpoint is from"
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the .pt state dict")
+    parser.add_argument(
+        "--flags", required=True, help='the upstream model and diffusion flags, e.g. "--image_size 32 ..."'
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    parser.set_defaults(module="ddpm_plus.cli_convert", check=_check_convert_arguments)
+
+
+def _check_convert_arguments(args: argparse.Namespace) -> None:
+    if not args.checkpoint.is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint} is not a file.")
+    check_output_directory(args.out, "--out")
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {args.out} is not empty; pass --overwrite to replace what it holds.")
 
 
 def _add_subcommand(

@@ -38,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     with launched_processes(cpu=args.device == "cpu") as processes:
         unet, scheduler = load_model(args.model, processes.device(args.device))
+        if unet.config.get("num_class_embeds") is not None:
+            raise ValueError(
+                f"--model {args.model} is class-conditional, and the data sets here carry no labels: compute its bound "
+                "with pipe.log_likelihood(images, class_labels=...)."
+            )
         images = load_images(args.data, args.split, unet.config, args.max_images)
         store = (
             None

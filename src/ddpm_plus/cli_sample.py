@@ -41,7 +41,17 @@ MANIFEST_FILE = "manifest.json"
 GRID_IMAGES = 64
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings that decide the pixels: a folder made with other values is not resumed.
-IMAGE_SETTINGS = ("model", "scheduler", "steps", "stochasticity", "seed", "dtype", "seeding")
+IMAGE_SETTINGS = (
+    "model",
+    "scheduler",
+    "steps",
+    "stochasticity",
+    "class_label",
+    "timestep_respacing",
+    "seed",
+    "dtype",
+    "seeding",
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     check_resumable(directory, requested_settings(args))
     with launched_processes(cpu=args.device == "cpu") as processes:
         pipeline = load_pipeline(args.model, args.dtype, processes.device(args.device), processes.is_main)
-        steps = args.steps or pipeline.scheduler.config.num_train_timesteps
+        steps = sampling_steps(args, pipeline)
         layout = sample_layout(directory, args.num_images, pipeline)
         manifest = build_manifest(args, pipeline, steps)
         check_resumable(directory, manifest)
@@ -100,6 +110,19 @@ def run(args: argparse.Namespace) -> int:
             write_outputs(layout, args.out, args.nrow)
             print(f"Wrote {args.out}, {layout.count} images in {layout.directory}/ and {layout.archive_path}")
     return 0
+
+
+def sampling_steps(args: argparse.Namespace, pipeline: DDPMPlusPipeline) -> int:
+    """The number of denoising steps: `--steps`, the timesteps that `--timestep-respacing` keeps, or all T; the
+    class label is checked against the model here, before any image is made."""
+    from ddpm_plus.pipeline_ddpm_plus import class_label_tensor
+    from ddpm_plus.scheduling_ddpm_plus import respaced_timesteps
+
+    class_label_tensor(args.class_label, 1, pipeline.unet.config.get("num_class_embeds"))
+    num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
+    if args.timestep_respacing is not None:
+        return len(respaced_timesteps(num_train_timesteps, args.timestep_respacing))
+    return args.steps or num_train_timesteps
 
 
 def load_pipeline(model: str, dtype: str, device: torch.device, show_progress: bool) -> DDPMPlusPipeline:
@@ -141,6 +164,8 @@ def requested_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": model,
         "stochasticity": args.stochasticity,
+        "class_label": args.class_label,
+        "timestep_respacing": args.timestep_respacing,
         "seed": args.seed,
         "dtype": args.dtype,
         "seeding": SEEDING,
@@ -207,7 +232,13 @@ def generate_chunks(
     with SharedProgress(processes, sum(map(len, incomplete)), sum(map(len, mine)), desc="images") as progress:
         for chunk in mine:
             images = sample_images(
-                pipeline, chunk, seed=args.seed, num_inference_steps=steps, stochasticity=args.stochasticity
+                pipeline,
+                chunk,
+                seed=args.seed,
+                num_inference_steps=steps,
+                stochasticity=args.stochasticity,
+                class_label=args.class_label,
+                timestep_respacing=args.timestep_respacing,
             )
             for index, image in zip(chunk, images, strict=True):
                 with atomic_path(layout.image_path(index)) as temporary:

@@ -136,8 +136,9 @@ class Network:
     device: torch.device
     in_channels: int | None
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        output = self.forward(x_t.to(self.dtype), t.to(self.device))
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        conditioning = {} if class_labels is None else {"class_labels": class_labels.to(self.device)}
+        output = self.forward(x_t.to(self.dtype), t.to(self.device), **conditioning)
         output = _output_tensor(output)
         if output.dtype not in (torch.float32, torch.float64):
             raise ValueError(
@@ -238,6 +239,18 @@ def check_images(x0: torch.Tensor, network: Network, needs_8bit: bool) -> None:
         raise ValueError("images must be finite float32 or float64 values.")
 
 
+def check_class_labels(class_labels: torch.Tensor | None, batch_size: int) -> None:
+    """ValueError unless `class_labels` is None or a (B,) integer tensor, one label per image."""
+    if class_labels is None:
+        return
+    if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.is_complex():
+        raise ValueError("class_labels must be an integer tensor with one label per image.")
+    if class_labels.shape != (batch_size,):
+        raise ValueError(
+            f"class_labels must have shape ({batch_size},), one per image, got {tuple(class_labels.shape)}."
+        )
+
+
 _MAX_KEY = 2**63 - 1
 
 
@@ -285,6 +298,7 @@ def evaluate_plan(
     max_batch_size: int,
     clip_denoised: bool,
     progress: bool,
+    class_labels: torch.Tensor | None = None,
 ) -> BoundTerms:
     """The bound terms at a (B, K) plan of timesteps, `max_batch_size` (image, timestep) pairs per network call.
 
@@ -311,6 +325,7 @@ def evaluate_plan(
                 torch.from_numpy(pair_noise).to(network.device),
                 timesteps,
                 clip_denoised,
+                None if class_labels is None else class_labels[rows],
             )
     terms, x0_mse, eps_mse = (values.reshape(columns, batch).t().contiguous() for values in results)
     return BoundTerms(terms, x0_mse, eps_mse)
@@ -323,10 +338,11 @@ def _evaluate_pairs(
     noise: torch.Tensor,
     t: torch.Tensor,
     clip_denoised: bool,
+    class_labels: torch.Tensor | None,
 ) -> torch.Tensor:
     """(3, N) bound term (bits/dim), x̂_0 MSE and ε̂ MSE of N (image, timestep) pairs in one network call."""
     x_t = scheduler.q_sample(x0, noise, t)  # eq. 4, float64
-    moments = scheduler.p_mean_variance(network(x_t, t), x_t, t, clip_denoised=clip_denoised)
+    moments = scheduler.p_mean_variance(network(x_t, t, class_labels), x_t, t, clip_denoised=clip_denoised)
     terms = scheduler.vb_terms_from_moments(x0, x_t, t, moments.mean, moments.log_variance)  # eq. 5, 13
     pred_x0 = moments.pred_original_sample
     pred_noise = scheduler.convert_prediction(pred_x0, x_t, t, to="epsilon", prediction_type="sample")
@@ -344,6 +360,7 @@ def variational_bound(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     clip_denoised: bool = False,
     progress: bool = True,
+    class_labels: torch.Tensor | None = None,
 ) -> BoundResult:
     """The exact variational bound (eq. 5) in bits/dim of each image, over all T timesteps.
 
@@ -367,13 +384,16 @@ def variational_bound(
             `max_batch_size`; the results do not depend on the chunking.
         clip_denoised: clip x̂_0 to [-1, 1] before forming the reverse mean (improved-diffusion's option).
         progress: show a tqdm progress bar.
+        class_labels: (B,) integer class labels of a class-conditional model, one per image (passed to the UNet
+            as `class_labels`).
     """
     network, scheduler, generator = prepare_evaluation(model, scheduler, x0, generator, max_batch_size)
     check_images(x0, network, needs_8bit=True)
+    check_class_labels(class_labels, x0.shape[0])
     num_steps = scheduler.config.num_train_timesteps
     plan = torch.arange(num_steps).expand(x0.shape[0], -1)
     keys = draw_noise_keys(generator, x0.shape[0])
-    terms = evaluate_plan(network, scheduler, x0, plan, keys, max_batch_size, clip_denoised, progress)
+    terms = evaluate_plan(network, scheduler, x0, plan, keys, max_batch_size, clip_denoised, progress, class_labels)
     prior_bpd = scheduler.prior_bpd(x0.cpu().double())
     return BoundResult(
         total_bpd=prior_bpd + terms.terms_bpd.sum(1),

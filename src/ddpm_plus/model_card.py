@@ -42,6 +42,7 @@ def write_model_card(
     bound_figure: Image.Image | str | Path | None = None,
     fid: Mapping[str, Any] | None = None,
     license: str = "apache-2.0",
+    conversion: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Write `README.md` (and `sample_grid.png`, `bound.png`) into a saved pipeline directory and return the card.
 
@@ -60,6 +61,8 @@ def write_model_card(
         fid: the FID of samples against the training images, as training's `fid.json` records it: "fid",
             "num_samples", "num_inference_steps", "num_reference_images" and "feature_extractor".
         license: the license identifier for the metadata.
+        conversion: for a converted checkpoint (`ddpm_plus.convert`): its "source", "flags", "checkpoint_sha256"
+            and "timestep_respacing" (the upstream sampling steps, used in the usage snippet; may be None).
     """
     directory = Path(directory)
     repo_id = repo_id or directory.absolute().name
@@ -79,7 +82,8 @@ def write_model_card(
         bound_figure=BOUND_FIGURE_FILE if bound_figure is not None else None,
         fid=fid,
         training_args=sorted((name, str(value)) for name, value in public_settings(training_args).items()),
-        **_model_facts(directory),
+        conversion=conversion,
+        **_model_facts(directory, (conversion or {}).get("timestep_respacing")),
     )
     card.save(directory / "README.md")
     return card
@@ -122,12 +126,23 @@ def _card_data(
     )
 
 
-def _model_facts(directory: Path) -> dict[str, Any]:
-    """What the card says about the network and the diffusion, read from the saved configs and weights."""
+def _model_facts(directory: Path, timestep_respacing: str | None) -> dict[str, Any]:
+    """What the card says about the network and the diffusion, read from the saved configs and weights, and the
+    arguments of the usage snippet (the sampling steps, a class label for a class-conditional model)."""
     unet_config = _read_json(directory / "unet" / "config.json")
     scheduler_config = _read_json(directory / "scheduler" / "scheduler_config.json")
     height, width = image_size(unet_config["sample_size"])
+    num_classes = unet_config.get("num_class_embeds")
+    steps = (
+        f"timestep_respacing={timestep_respacing!r}"
+        if timestep_respacing
+        else f"num_inference_steps={scheduler_config['num_train_timesteps']}"
+    )
+    labels = ", class_labels=0" if num_classes else ""
     return {
+        "num_classes": num_classes,
+        "sampling_arguments": steps + labels,
+        "likelihood_arguments": labels,
         "resolution": f"{height}x{width}",
         "channels": unet_config["in_channels"],
         "num_parameters": f"{_count_parameters(directory / 'unet'):,}",

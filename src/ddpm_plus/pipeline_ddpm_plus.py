@@ -34,6 +34,7 @@ from .scheduling_ddpm_plus import (
     check_8bit_data,
     check_choice,
     check_generators,
+    respaced_timesteps,
 )
 
 if is_torch_xla_available():
@@ -153,22 +154,34 @@ class DDPMPlusPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         stochasticity: float | None = None,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        timestep_respacing: str | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images by ancestral sampling (Algorithm 2).
 
         Args:
             batch_size: number of images.
             generator: a `torch.Generator`, or one per image for per-image reproducibility.
-            num_inference_steps: number of denoising steps, 1..num_train_timesteps (fewer steps respace the chain).
+            num_inference_steps: number of denoising steps, 1..num_train_timesteps (fewer steps respace the chain
+                by the scheduler's `timestep_spacing`).
             output_type: "pil" (list of `PIL.Image`), "np" (float array (B, H, W, C) in [0, 1]) or "pt" (float
                 tensor (B, C, H, W) in [0, 1]).
             return_dict: return an `ImagePipelineOutput` instead of a 1-tuple.
             stochasticity: the reverse-SDE noise level η ∈ [0, 1] of `DDPMPlusScheduler.step` (0: deterministic
                 probability-flow / DDIM limit, 1: ancestral); `None` (default) is the DDPM step, bitwise identical
                 to diffusers' `DDPMPipeline`.
+            class_labels: for a class-conditional UNet (`num_class_embeds`), the class of every image (one int) or
+                of each image; must be None for an unconditional one.
+            timestep_respacing: instead of `num_inference_steps`, improved-/guided-diffusion's respacing ("250",
+                "10,20,30", "ddim50"): the timesteps of `respaced_timesteps`, as the upstream samplers take them.
         """
-        generator = self._check_sampling_arguments(batch_size, generator, num_inference_steps, output_type)
+        timesteps = None
+        if timestep_respacing is not None:
+            timesteps = respaced_timesteps(self.scheduler.config.num_train_timesteps, timestep_respacing)
+        steps = num_inference_steps if timesteps is None else len(timesteps)
+        generator = self._check_sampling_arguments(batch_size, generator, steps, output_type)
         self._check_components()
+        conditioning = self._conditioning(class_labels, batch_size)
         image_shape = (batch_size, self.unet.config.in_channels, *self._image_size())
 
         # The initial noise is drawn as diffusers' DDPMPipeline draws it (on the CPU for "mps").
@@ -178,10 +191,13 @@ class DDPMPlusPipeline(DiffusionPipeline):
         else:
             image = randn_tensor(image_shape, generator=generator, device=device, dtype=self.unet.dtype)
 
-        self.scheduler.set_timesteps(num_inference_steps)
+        if timesteps is None:
+            self.scheduler.set_timesteps(num_inference_steps)
+        else:
+            self.scheduler.set_timesteps(timesteps=timesteps)
         step_kwargs = {} if stochasticity is None else {"stochasticity": stochasticity}
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self.unet(image, t).sample
+            model_output = self.unet(image, t, **conditioning).sample
             image = self.scheduler.step(model_output, t, image, generator=generator, **step_kwargs).prev_sample
             if XLA_AVAILABLE:
                 xm.mark_step()
@@ -207,6 +223,12 @@ class DDPMPlusPipeline(DiffusionPipeline):
 
     def _image_size(self) -> tuple[int, int]:
         return image_size(self.unet.config.sample_size)
+
+    def _conditioning(self, class_labels: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        """The UNet's keyword arguments for the classes: `class_labels` as a (B,) long tensor for a class-conditional
+        UNet, nothing for an unconditional one; a `ValueError` for labels that do not fit the UNet."""
+        labels = class_label_tensor(class_labels, batch_size, self.unet.config.get("num_class_embeds"))
+        return {} if labels is None else {"class_labels": labels.to(self._execution_device)}
 
     def _check_sampling_arguments(
         self,
@@ -255,6 +277,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
         clip_denoised: bool = False,
         return_dict: bool = True,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
     ) -> LikelihoodOutput | tuple:
         """The variational bound on -log p_θ(x_0) in bits/dim (eq. 5), summed exactly over all T timesteps.
 
@@ -277,6 +300,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
             clip_denoised: clip the predicted x_0 to [-1, 1] before forming the mean of p_θ(x_{t-1} | x_t).
             return_dict: return a `LikelihoodOutput` instead of a tuple of its fields.
             max_batch_size: (image, timestep) pairs per UNet call.
+            class_labels: for a class-conditional UNet, the class of every image (one int) or of each image.
         """
         self._check_components()
         if not hasattr(self.scheduler, "vb_terms_from_moments"):
@@ -286,6 +310,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
             )
         _check_not_empty(images)
         x0 = self._as_model_images(images)
+        labels = class_label_tensor(class_labels, x0.shape[0], self.unet.config.get("num_class_embeds"))
         bound = variational_bound(
             self.unet,
             x0,
@@ -294,6 +319,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
             max_batch_size=max_batch_size,
             clip_denoised=clip_denoised,
             progress=not getattr(self, "_progress_bar_config", {}).get("disable", False),
+            class_labels=labels,
         )
         self.maybe_free_model_hooks()
         output = LikelihoodOutput(
@@ -433,6 +459,33 @@ class DDPMPlusPipeline(DiffusionPipeline):
             The `huggingface_hub.CommitInfo` of the upload.
         """
         return _installed_hub_upload()(self, repo_id, **kwargs)
+
+
+def class_label_tensor(class_labels: Any, batch_size: int, num_classes: int | None) -> torch.Tensor | None:
+    """Class labels as a (B,) long tensor (one int is every image's class), checked against a UNet with
+    `num_classes` class embeddings (None: unconditional, which takes no labels)."""
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError("class_labels were given, but the UNet is unconditional (no num_class_embeds).")
+        return None
+    if class_labels is None:
+        raise ValueError(
+            f"the UNet is class-conditional ({num_classes} classes): pass class_labels, one class for every image or "
+            "one per image."
+        )
+    if isinstance(class_labels, int | np.integer):
+        labels = torch.full((batch_size,), int(class_labels), dtype=torch.long)
+    else:
+        labels = torch.as_tensor(class_labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be integers, got {labels.dtype}.")
+        labels = labels.to(torch.long).reshape(-1)
+        if labels.shape != (batch_size,):
+            raise ValueError(f"got {labels.numel()} class labels for {batch_size} images; pass one per image.")
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if outside.numel():
+        raise ValueError(f"class label {outside[0].item()} is outside 0..{num_classes - 1} ({num_classes} classes).")
+    return labels
 
 
 def _check_not_empty(images: Any) -> None:

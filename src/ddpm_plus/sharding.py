@@ -201,9 +201,13 @@ def sample_images(
     num_inference_steps: int,
     stochasticity: float | None = None,
     output_type: str = "pil",
+    class_label: int | None = None,
+    timestep_respacing: str | None = None,
 ) -> Any:
     """Images `indices` of a sampling run, in one network batch: image i starts from the noise of a CPU generator
-    seeded with `seed + i` (`SEEDING`), so it does not depend on which process makes it, nor with which others."""
+    seeded with `seed + i` (`SEEDING`), so it does not depend on which process makes it, nor with which others.
+    A class-conditional model makes every image of `class_label`; `timestep_respacing` replaces
+    `num_inference_steps` (see `DDPMPlusPipeline.__call__`)."""
     generators = [torch.Generator().manual_seed(seed + index) for index in indices]
     return pipeline(
         batch_size=len(indices),
@@ -211,4 +215,6 @@ def sample_images(
         num_inference_steps=num_inference_steps,
         stochasticity=stochasticity,
         output_type=output_type,
+        class_labels=class_label,
+        timestep_respacing=timestep_respacing,
     ).images

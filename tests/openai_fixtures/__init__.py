@@ -1,0 +1,1 @@
+"""Fixtures computed by the improved-diffusion and guided-diffusion code itself (see generate.py)."""
