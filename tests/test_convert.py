@@ -741,3 +741,123 @@ def test_unwritable_out_is_refused(checkpoints, tmp_path: Path, capsys) -> None:
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert "not writable" in error and len(error.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------- the sample command
+
+
+def test_sample_command_takes_class_label_and_timestep_respacing(converted, tmp_path: Path) -> None:
+    """`ddpm-plus sample --class-label 7 --timestep-respacing 6,2`: image i is pipe(class_labels=7,
+    timestep_respacing="6,2") from the noise of seed + i, and the manifest records both."""
+    from PIL import Image
+
+    pipe = converted("guided_class_cond")
+    pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "grid.png"
+    argv = [
+        "sample",
+        "--model",
+        str(tmp_path / "model"),
+        "--num-images",
+        "2",
+        "--class-label",
+        "7",
+        "--timestep-respacing",
+        "6,2",
+        "--seed",
+        "5",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    expected = pipe(
+        batch_size=2,
+        generator=[torch.Generator().manual_seed(5 + i) for i in range(2)],
+        class_labels=7,
+        timestep_respacing="6,2",
+        output_type="np",
+    ).images
+    for index in range(2):
+        written = np.asarray(Image.open(tmp_path / "grid" / f"{index:06d}.png"))
+        assert np.array_equal(written, pipe.numpy_to_pil(expected[index : index + 1])[0])
+    manifest = json.loads((tmp_path / "grid" / "manifest.json").read_text())
+    assert manifest["class_label"] == 7 and manifest["timestep_respacing"] == "6,2" and manifest["steps"] == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        ("guided_class_cond", [], "class-conditional (1000 classes): pass class_labels"),
+        ("guided_class_cond", ["--class-label", "1000"], "outside 0..999"),
+        ("improved_lsun_like", ["--class-label", "3"], "unconditional"),
+        ("improved_lsun_like", ["--timestep-respacing", "ddim999"], "no integer stride"),
+        ("improved_lsun_like", ["--timestep-respacing", "4", "--steps", "4"], "not both"),
+    ],
+)
+def test_sample_command_refuses_labels_and_spacings_that_do_not_fit(name, extra, message, converted, tmp_path, capsys):
+    converted(name).save_pretrained(tmp_path / "model")
+    argv = ["sample", "--model", str(tmp_path / "model"), "--num-images", "1", "--out", str(tmp_path / "grid.png")]
+    assert main(argv + extra) == 2
+    error = capsys.readouterr().err  # after the bar of diffusers' pipeline loading, where the model loads
+    assert message in error.strip().splitlines()[-1] and error.count("error:") == 1
+    assert not (tmp_path / "grid").exists() or not any((tmp_path / "grid").glob("*.png"))
+
+
+# --------------------------------------------------------------------------------------------- writing the folder
+
+
+def convert_argv(checkpoint: Path, name: str, out: Path, *extra: str) -> list[str]:
+    entry = MANIFEST[name]
+    return [
+        "convert",
+        "--from",
+        entry["source"],
+        "--checkpoint",
+        str(checkpoint),
+        "--flags",
+        entry["flags"],
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_overwrite_replaces_a_folder_and_a_failed_write_leaves_it_as_it_was(checkpoints, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    checkpoint = checkpoints["improved_lsun_like"]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("ddpm_plus.model_card.write_model_card", full_disk)
+        assert main(convert_argv(checkpoint, "improved_lsun_like", out, "--overwrite")) == 2
+    error = capsys.readouterr().err
+    assert "No space left on device" in error and "as it was" in error and len(error.strip().splitlines()) == 1
+    assert sorted(path.name for path in out.iterdir()) == ["old.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+    assert main(convert_argv(checkpoint, "improved_lsun_like", out, "--overwrite")) == 0
+    assert not (out / "old.txt").exists() and (out / "model_index.json").is_file()
+
+
+def test_notes_name_the_flags_without_effect_and_the_card_the_respacing(checkpoints, tmp_path, capsys) -> None:
+    """Training-only and sampling-script flags are named; --timestep_respacing goes into the card's snippet."""
+    out = tmp_path / "out"
+    argv = convert_argv(checkpoints["guided_class_cond"], "guided_class_cond", out)
+    argv[argv.index("--flags") + 1] += " --use_kl True --batch_size 4 --timestep_respacing 6,2"
+    assert main(argv) == 0
+    error = capsys.readouterr().err
+    assert "--use_kl True changes the training loss only" in error
+    assert "--batch_size is a flag of upstream's sampling scripts" in error
+    card = (out / "README.md").read_text()
+    assert "timestep_respacing='6,2', class_labels=0" in card
+    assert "A class-conditional image diffusion model" in card
+
+
+def test_a_respacing_that_does_not_fit_the_chain_is_refused_from_the_flags() -> None:
+    with pytest.raises(ConversionError, match="no integer stride"):
+        describe_model("--image_size 32 --diffusion_steps 10 --timestep_respacing ddim7", "improved-diffusion")

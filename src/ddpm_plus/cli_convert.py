@@ -10,7 +10,10 @@ def run(args: argparse.Namespace) -> int:
     conversion = convert_checkpoint(args.checkpoint, args.flags, args.source)
     for note in conversion.notes:
         print(f"ddpm-plus convert: note: {note}", file=sys.stderr)
-    save_conversion(conversion, args.out)
+    try:
+        save_conversion(conversion, args.out)
+    except OSError as error:
+        raise ValueError(f"could not write --out {args.out} ({error}); it is as it was before.") from None
     config = conversion.pipeline.scheduler.config
     print(
         f"wrote {args.out}: {conversion.model.source} model, T = {config.num_train_timesteps}, "

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ddpm_plus.scheduling_ddpm_plus import respaced_timesteps
 from ddpm_plus.utils import atomic_directory
 
 SOURCES = ("improved-diffusion", "guided-diffusion")
@@ -221,6 +222,15 @@ def describe_model(flags: str, source: str) -> tuple[OpenAIModel, list[str]]:
         raise ConversionError(f"unknown --noise_schedule {values['noise_schedule']!r}; it is linear or cosine.")
     if values["diffusion_steps"] < 2:
         raise ConversionError(f"--diffusion_steps must be at least 2, got {values['diffusion_steps']}.")
+    if values["timestep_respacing"]:
+        try:
+            respaced_timesteps(values["diffusion_steps"], values["timestep_respacing"])
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
+        notes.append(
+            f"--timestep_respacing {values['timestep_respacing']} is how upstream samples this model: the model card "
+            f"says so; sample with pipe(timestep_respacing={values['timestep_respacing']!r})"
+        )
     levels = _attention_levels(values, channel_mult)
     model = OpenAIModel(source, values, channel_mult, levels, _attention_head_dim(values, channel_mult, levels))
     return model, notes
