@@ -13,6 +13,7 @@ from keyed_noise import documented_noise, seeded_noise_keys
 from numpy.polynomial.hermite_e import hermegauss
 from PIL import Image
 from pipeline_fixtures import ddpm_unet
+from tanh_decoder import tanh_decoder_nll
 
 from ddpm_plus.bound_estimation import (
     BoundEstimate,
@@ -621,23 +622,6 @@ def test_kl_terms_accept_continuous_data_but_the_decoder_needs_8bit(tiny):
 # ---------------------------------------------------------------------------------------------------------------
 # The reference's tanh approximation of the decoder
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def tanh_decoder_nll(x0: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """improved-diffusion's discretized_gaussian_log_likelihood (negated): tanh CDF, 1e-12 floor."""
-
-    def approx_cdf(x):
-        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-    inv_std = torch.exp(-log_scale)
-    cdf_plus = approx_cdf(inv_std * (x0 - mean + 1 / 255))
-    cdf_min = approx_cdf(inv_std * (x0 - mean - 1 / 255))
-    log_probs = torch.where(
-        x0 < -0.999,
-        cdf_plus.clamp(min=1e-12).log(),
-        torch.where(x0 > 0.999, (1 - cdf_min).clamp(min=1e-12).log(), (cdf_plus - cdf_min).clamp(min=1e-12).log()),
-    )
-    return -log_probs
 
 
 @pytest.mark.parametrize("sigma_name", ["sqrt_posterior_variance", "sqrt_beta_1"])

@@ -39,9 +39,10 @@ import numpy as np
 import torch
 
 from ddpm_plus.cli_bpd import image_generators
-from ddpm_plus.likelihood import draw_noise_keys
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from keyed_noise import documented_noise, noise_keys  # noqa: E402
+
 from openai_fixtures.weights import random_state_dict  # noqa: E402
 
 SAMPLE_SEED = 1234
@@ -83,12 +84,13 @@ CONFIGS = {
         "--use_scale_shift_norm True",
         "respacing": "ddim8",
     },
-    # class-conditional with the new attention order, fixed heads, custom channel_mult, rescaled timesteps
+    # class-conditional with the new attention order, fixed heads, custom channel_mult, rescaled timesteps, x_0
+    # prediction
     "guided_class_cond": {
         "source": "guided-diffusion",
         "flags": "--image_size 16 --channel_mult 1,2 --attention_resolutions 8 --class_cond True "
         "--diffusion_steps 40 --noise_schedule cosine --num_channels 32 --num_heads 2 --num_res_blocks 2 "
-        "--use_new_attention_order True --use_scale_shift_norm False --rescale_timesteps True",
+        "--use_new_attention_order True --use_scale_shift_norm False --rescale_timesteps True --predict_xstart True",
         "respacing": "6,2",
     },
 }
@@ -320,16 +322,15 @@ def respaced_samples(script_util, args: dict, model, respacing: str, batch: int)
 
 
 def keyed_noise(keys: list[int], shape: tuple[int, ...], t: int) -> torch.Tensor:
-    """ddpm_plus.likelihood's noise of timestep t for each image (Philox keyed by the image's key and t)."""
-    rows = [np.random.Generator(np.random.Philox(key=key, counter=[0, t, 0, 0])).standard_normal(shape) for key in keys]
-    return torch.from_numpy(np.stack(rows)).float()
+    """ddpm_plus.likelihood's noise of timestep t for each image, as float32."""
+    return torch.from_numpy(np.stack([documented_noise(key, t, shape) for key in keys])).float()
 
 
 def bpd_terms(diffusion, model, num_images: int, size: int, generator: torch.Generator) -> dict:
     """calc_bpd_loop on random 8-bit images with the keyed noise of `ddpm-plus bpd --seed BPD_SEED`."""
     images = torch.randint(0, 256, (num_images, 3, size, size), generator=generator, dtype=torch.uint8)
     x0 = images.float() / 127.5 - 1
-    keys = draw_noise_keys(image_generators(BPD_SEED, range(num_images)), num_images)
+    keys = noise_keys(image_generators(BPD_SEED, range(num_images)), num_images)
     labels = torch.tensor([5, 600])[:num_images] if model.num_classes is not None else None
     order = iter(range(diffusion.num_timesteps - 1, -1, -1))  # calc_bpd_loop draws for t = T-1 down to 0
     real_randn_like = torch.randn_like
@@ -431,8 +432,8 @@ def main() -> None:
     parser.add_argument("--readme-only", action="store_true", help="write only readme_checkpoints.json.gz")
     args = parser.parse_args()
     checkouts = {"improved-diffusion": args.improved_diffusion, "guided-diffusion": args.guided_diffusion}
-    with gzip.open(args.out / "readme_checkpoints.json.gz", "wt") as file:
-        json.dump(readme_checkpoints(checkouts), file)
+    readme = json.dumps(readme_checkpoints(checkouts)).encode()
+    (args.out / "readme_checkpoints.json.gz").write_bytes(gzip.compress(readme, mtime=0))  # the same bytes each run
     if args.readme_only:
         return
     manifest = {}
