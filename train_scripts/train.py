@@ -96,7 +96,10 @@ def build_trainer(args: argparse.Namespace, setup: RunSetup, accelerator: Accele
     )
     max_train_steps = resolve_max_train_steps(args, batch_sampler.steps_per_epoch)
     set_seed(args.seed)  # the same initial weights on every process
-    unet = UNet2DModel.from_config(setup.unet_config)
+    if setup.pretrained is None:
+        unet = UNet2DModel.from_config(setup.unet_config)
+    else:  # fine-tuning: the pretrained weights (resuming then loads the checkpoint's)
+        unet = UNet2DModel.from_pretrained(setup.pretrained.directory, subfolder="unet", torch_dtype=torch.float32)
     if args.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(
@@ -225,6 +228,7 @@ def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str,
         "sample_grid": results["grid"],
         "bound_figure": results.get("bound_figure"),
         "fid": results.get("fid"),
+        "base_model": trainer.args.pretrained_model_name_or_path,
     }
 
 

@@ -43,6 +43,7 @@ def write_model_card(
     fid: Mapping[str, Any] | None = None,
     license: str = "apache-2.0",
     conversion: Mapping[str, Any] | None = None,
+    base_model: str | None = None,
 ) -> ModelCard:
     """Write `README.md` (and `sample_grid.png`, `bound.png`) into a saved pipeline directory and return the card.
 
@@ -63,6 +64,8 @@ def write_model_card(
         license: the license identifier for the metadata.
         conversion: for a converted checkpoint (`ddpm_plus.convert`): its "source", "flags", "checkpoint_sha256"
             and "timestep_respacing" (the upstream sampling steps, used in the usage snippet; may be None).
+        base_model: what a fine-tuned model started from (a folder or a Hub id; a Hub id also goes into the
+            metadata's `base_model`).
     """
     directory = Path(directory)
     repo_id = repo_id or directory.absolute().name
@@ -71,7 +74,7 @@ def write_model_card(
     if bound_figure is not None:
         _write_image(bound_figure, directory / BOUND_FIGURE_FILE)
     card = ModelCard.from_template(
-        _card_data(repo_id, bits_per_dim, fid, dataset_name, license),
+        _card_data(repo_id, bits_per_dim, fid, dataset_name, license, base_model),
         template_path=str(MODEL_CARD_TEMPLATE),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
@@ -83,6 +86,7 @@ def write_model_card(
         fid=fid,
         training_args=sorted((name, str(value)) for name, value in public_settings(training_args).items()),
         conversion=conversion,
+        base_model=base_model,
         **_model_facts(directory, (conversion or {}).get("timestep_respacing")),
     )
     card.save(directory / "README.md")
@@ -95,6 +99,7 @@ def _card_data(
     fid: Mapping[str, Any] | None,
     dataset_name: str | None,
     license: str,
+    base_model: str | None = None,
 ) -> ModelCardData:
     """The YAML metadata: the bits/dim on held-out data and the FID against the training data as eval results."""
     measured = []  # (metric type, name, value, split)
@@ -123,6 +128,7 @@ def _card_data(
         metrics=[metric_type for metric_type, *_ in measured] or None,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,
+        base_model=None if base_model is None or Path(base_model).is_dir() else base_model,
     )
 
 

@@ -4,6 +4,7 @@ resolve to (the held-out split, the grid's sampling steps, the number of optimiz
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,19 @@ MIN_TRAIN_TIMESTEPS = 2
 OUTPUT_FILES = ("samples.png", "bpd.json", "bound.png", "fid.json", "fid_reference.npz", "README.md")
 OUTPUT_FILES += ("model_index.json",)
 OUTPUT_DIRECTORIES = ("unet", "scheduler", "samples", "logs")
+PRETRAINED_OPTION = "--pretrained_model_name_or_path"
+# The flags that describe the model and its diffusion: when fine-tuning they come from the pretrained model.
+PRETRAINED_MODEL_FLAGS = (
+    "model_config",
+    "learn_sigma",
+    "resolution",
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "prediction_type",
+    "variance_type",
+)
 
 
 # --------------------------------------------------------------------------------------------- the flags
@@ -87,6 +101,13 @@ def _add_data_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--pretrained_model_name_or_path",
+        default=None,
+        help="Fine-tune: start from the UNet weights and the scheduler config of a saved ddpm_plus or diffusers "
+        "DDPMPipeline folder, a folder written by `ddpm-plus convert`, or a Hub id (e.g. google/ddpm-cifar10-32). "
+        "The model flags below then come from it; giving one with another value is refused.",
+    )
     group.add_argument(
         "--model_config",
         default="digits-16",
@@ -228,8 +249,24 @@ def _add_hub_arguments(group: argparse._ArgumentGroup) -> None:
 
 def parse_args(argv: Sequence[str] | None = None, *, description: str | None = None) -> argparse.Namespace:
     """Parse the training script's command line (`sys.argv[1:]` by default); argparse exits with code 2 on bad
-    syntax. The values are checked later, by `check_arguments`."""
-    return build_parser(description).parse_args(argv)
+    syntax. The values are checked later, by `check_arguments`. When fine-tuning (--pretrained_model_name_or_path)
+    the model flags that were not given are None: they come from the pretrained model (`prepare_run`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(description).parse_args(argv)
+    if args.pretrained_model_name_or_path is not None:
+        given = given_flags(argv)
+        for name in PRETRAINED_MODEL_FLAGS:
+            if name not in given:
+                setattr(args, name, None)
+    return args
+
+
+def given_flags(argv: Sequence[str]) -> set[str]:
+    """The flags (destinations) that `argv` gives explicitly, whatever their defaults."""
+    parser = build_parser()
+    for action in parser._actions:  # the same options, none with a default
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(parser.parse_known_args(argv)[0]))
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -240,13 +277,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.dataset_name and args.train_data_dir:
         raise ValueError("Give --dataset_name or --train_data_dir, not both.")
     _check_ranges(args)
-    if args.num_train_timesteps < MIN_TRAIN_TIMESTEPS:
-        raise ValueError(
-            f"--num_train_timesteps must be at least {MIN_TRAIN_TIMESTEPS} (the held-out bits/dim needs the decoder "
-            f"term and at least one KL term), got {args.num_train_timesteps}."
-        )
-    if args.num_inference_steps is not None and args.num_inference_steps > args.num_train_timesteps:
-        raise ValueError("--num_inference_steps cannot exceed --num_train_timesteps.")
+    if args.num_train_timesteps is not None:  # None: it comes from the pretrained model (check_timesteps then)
+        check_timesteps(args)
     _check_tracker(args.report_to)
     check_extra_installed("matplotlib", "train", "training (the figure of the held-out bound, bound.png)")
     if args.eval_fid_every:
@@ -261,10 +293,26 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def check_timesteps(args: argparse.Namespace) -> None:
+    """ValueError unless T can give the held-out bound, and the grids' sampling steps fit in T."""
+    if args.num_train_timesteps < MIN_TRAIN_TIMESTEPS:
+        raise ValueError(
+            f"--num_train_timesteps must be at least {MIN_TRAIN_TIMESTEPS} (the held-out bits/dim needs the decoder "
+            f"term and at least one KL term), got {args.num_train_timesteps}."
+        )
+    if args.num_inference_steps is not None and args.num_inference_steps > args.num_train_timesteps:
+        raise ValueError(
+            f"--num_inference_steps {args.num_inference_steps} exceeds the {args.num_train_timesteps} training "
+            "timesteps."
+        )
+
+
 def _check_ranges(args: argparse.Namespace) -> None:
-    positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_timesteps", "logging_steps")
+    positive = ("train_batch_size", "gradient_accumulation_steps", "logging_steps")
     positive += ("num_grid_images", "eval_batch_size", "bpd_strata")
+    # num_train_timesteps and resolution are None when a pretrained model gives them
     optional_positive = ("max_train_steps", "num_epochs", "resolution", "num_eval_images", "num_inference_steps")
+    optional_positive += ("num_train_timesteps",)
     optional_positive += ("checkpoints_total_limit", "num_threads")
     non_negative = ("save_images_steps", "bpd_steps", "eval_fid_every", "checkpointing_steps", "lr_warmup_steps")
     non_negative += ("seed",)

@@ -1,6 +1,6 @@
-"""What the arguments of a run resolve to, checked before any work: the UNet config at the training resolution,
-the noise scheduler, the verified checkpoint to resume from, the training set, the held-out images and the
-reference images of the FID."""
+"""What the arguments of a run resolve to, checked before any work: the UNet config at the training resolution (or
+the pretrained model's, when fine-tuning), the noise scheduler, the verified checkpoint to resume from, the training
+set, the held-out images and the reference images of the FID."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 from ddpm_plus.data import load_image_dataset
 from ddpm_plus.models import downsampling_factor, learns_sigma, unet_config
 from ddpm_plus.scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler
-from ddpm_plus.training.arguments import check_arguments, data_source, eval_split
+from ddpm_plus.training.arguments import check_arguments, check_timesteps, data_source, eval_split
 from ddpm_plus.training.checkpoints import ResumeChoice, resolve_resume_checkpoint
+from ddpm_plus.training.pretrained import Pretrained, apply_pretrained, load_pretrained
 
 
 @dataclass
@@ -28,6 +29,7 @@ class RunSetup:
     resolution: int
     resume: ResumeChoice | None = None
     fid_reference_set: torch.utils.data.Dataset | None = None  # the training images without augmentation
+    pretrained: Pretrained | None = None  # the model that fine-tuning starts from
 
 
 def resolve_unet_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -46,8 +48,11 @@ def resolve_unet_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     return config, resolution
 
 
-def build_noise_scheduler(args: argparse.Namespace, config: dict[str, Any]) -> DDPMPlusScheduler:
-    """The training scheduler; its variance type follows the model's output channels unless given."""
+def build_noise_scheduler(
+    args: argparse.Namespace, config: dict[str, Any], pretrained: Pretrained | None = None
+) -> DDPMPlusScheduler:
+    """The training scheduler: the pretrained model's, or one from the flags, whose variance type follows the
+    model's output channels unless given."""
     learned = learns_sigma(config)
     variance_type = args.variance_type or ("learned_range" if learned else "fixed_small")
     if learned != (variance_type in LEARNED_VARIANCE_TYPES):
@@ -57,6 +62,8 @@ def build_noise_scheduler(args: argparse.Namespace, config: dict[str, Any]) -> D
         )
     if args.loss == "hybrid" and not learned:
         raise ValueError("--loss hybrid trains the learned variances: add --learn_sigma.")
+    if pretrained is not None:
+        return DDPMPlusScheduler.from_config(pretrained.scheduler_config)
     return DDPMPlusScheduler(
         num_train_timesteps=args.num_train_timesteps,
         beta_start=args.beta_start,
@@ -102,8 +109,15 @@ def load_datasets(
 def prepare_run(args: argparse.Namespace) -> RunSetup:
     """Resolve and check everything that can fail on bad input, before any training."""
     check_arguments(args)
-    config, resolution = resolve_unet_config(args)
-    noise_scheduler = build_noise_scheduler(args, config)
+    pretrained = None
+    if args.pretrained_model_name_or_path is not None:
+        pretrained = load_pretrained(args.pretrained_model_name_or_path)
+        apply_pretrained(args, pretrained)
+        check_timesteps(args)
+        config, resolution = dict(pretrained.unet_config), args.resolution
+    else:
+        config, resolution = resolve_unet_config(args)
+    noise_scheduler = build_noise_scheduler(args, config, pretrained)
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     train_set, eval_images = load_datasets(args, resolution, config["in_channels"])
     fid_reference_set = None
@@ -111,4 +125,4 @@ def prepare_run(args: argparse.Namespace) -> RunSetup:
         fid_reference_set = load_split(
             args, resolution, config["in_channels"], "train", center_crop=args.center_crop, random_flip=False
         )
-    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume, fid_reference_set)
+    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume, fid_reference_set, pretrained)
