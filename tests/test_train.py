@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -311,6 +312,17 @@ def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_pat
     assert low < bpd["bits_per_dim"] < high
     card = (out / "README.md").read_text()
     assert "bits/dim" in card and "digits" in card
+    # the settings as applied (resolved, none None), and a usage snippet that loads this folder and runs
+    settings = dict(re.findall(r"^\| `(\w+)` \| `(.*)` \|$", card, flags=re.MULTILINE))
+    assert "None" not in settings.values()
+    assert settings["num_inference_steps"] == "5" and settings["variance_type"] == "fixed_small"
+    assert settings["resolution"] == "16" and settings["max_train_steps"] == "3"
+    assert "![Samples from the model](samples.png)" in card and not (out / "sample_grid.png").exists()  # one grid
+    snippet = re.search(r"```python\n(.*?)```", card, flags=re.DOTALL).group(1)
+    assert f'from_pretrained("{out}")' in snippet
+    namespace: dict = {}
+    exec(compile(snippet, "model card snippet", "exec"), namespace)
+    assert namespace["bits_per_dim"].shape == (4,) and torch.isfinite(namespace["bits_per_dim"]).all()
     # the figure of the held-out bound: bound.png, in the card, and in TensorBoard at each bits/dim evaluation
     figure_pixels = tuple(round(inches * FIGURE_DPI) for inches in FIGURE_SIZE)
     with Image.open(out / "bound.png") as figure:

@@ -59,6 +59,7 @@ from ddpm_plus.training import (
     configure_backends,
     create_accelerator,
     dataset_description,
+    eval_split,
     explained_write_errors,
     hub_repo_id,
     inference_steps,
@@ -223,13 +224,29 @@ def model_card_arguments(trainer: Trainer, results: dict[str, Any]) -> dict[str,
     return {
         "bits_per_dim": None if bpd is None else bpd["bits_per_dim"],
         "bits_per_dim_standard_error": None if bpd is None else bpd["standard_error"],
-        "training_args": public_settings(trainer.args),
+        "training_args": resolved_settings(trainer),
         "dataset_name": dataset_description(trainer.args, trainer.setup.resolution),
         "sample_grid": results["grid"],
         "bound_figure": results.get("bound_figure"),
         "fid": results.get("fid"),
         "base_model": trainer.args.pretrained_model_name_or_path,
     }
+
+
+def resolved_settings(trainer: Trainer) -> dict[str, Any]:
+    """The public training settings as the run applied them: the values that flags left to the run resolved, and
+    the unset ones (None: no value, nothing applied) left out."""
+    args = trainer.args
+    resolved = {
+        "resolution": trainer.setup.resolution,
+        "variance_type": trainer.setup.noise_scheduler.config.variance_type,
+        "num_inference_steps": inference_steps(args),
+        "max_train_steps": trainer.max_train_steps,
+        "eval_split": eval_split(args),
+        "num_threads": torch.get_num_threads(),
+    }
+    settings = {**public_settings(args), **resolved}
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -683,6 +683,4 @@ def save_conversion(conversion: Conversion, out: str | Path) -> None:
     out = Path(out)
     with atomic_directory(out) as temporary:
         conversion.pipeline.save_pretrained(temporary)
-        write_model_card(
-            temporary, repo_id=out.absolute().name, license=UPSTREAM_LICENSE, conversion=conversion.card_facts()
-        )
+        write_model_card(temporary, repo_id=str(out), license=UPSTREAM_LICENSE, conversion=conversion.card_facts())

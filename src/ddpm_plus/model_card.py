@@ -49,16 +49,18 @@ def write_model_card(
 
     Args:
         directory: a directory written by `DDPMPlusPipeline.save_pretrained` (its configs and weights are read).
-        repo_id: the Hub id used in the usage snippets (default: the directory's name).
+        repo_id: what the usage snippets load: the Hub id the folder is pushed to (default: the directory's path as
+            given, so that the snippet of a local folder loads that folder).
         bits_per_dim: the held-out negative log-likelihood bound in bits/dim, if measured.
         bits_per_dim_standard_error: the standard error when `bits_per_dim` is an estimate
             (`ddpm_plus.bound_estimation.estimate_bound`); None when the sum over timesteps was exact.
         training_args: training settings (a mapping, (name, value) pairs or an `argparse.Namespace`); names that
             look like secrets (token, password, ...) are left out.
         dataset_name: the training data set.
-        sample_grid: a PIL image or an image file of samples, stored as `sample_grid.png`.
+        sample_grid: a PIL image or an image file of samples, stored as `sample_grid.png` (a file already in
+            `directory`, such as training's `samples.png`, is shown as it is).
         bound_figure: a PIL image or an image file of the bound's figure (`ddpm_plus.plots.save_bound_figure`: the
-            terms per timestep and the rate-distortion curve), stored as `bound.png`.
+            terms per timestep and the rate-distortion curve), stored as `bound.png` (likewise).
         fid: the FID of samples against the training images, as training's `fid.json` records it: "fid",
             "num_samples", "num_inference_steps", "num_reference_images" and "feature_extractor".
         license: the license identifier for the metadata.
@@ -68,21 +70,19 @@ def write_model_card(
             metadata's `base_model`).
     """
     directory = Path(directory)
-    repo_id = repo_id or directory.absolute().name
-    if sample_grid is not None:
-        _write_image(sample_grid, directory / SAMPLE_GRID_FILE)
-    if bound_figure is not None:
-        _write_image(bound_figure, directory / BOUND_FIGURE_FILE)
+    repo_id = repo_id or str(directory)
+    grid_file = None if sample_grid is None else _card_image(sample_grid, directory, SAMPLE_GRID_FILE)
+    figure_file = None if bound_figure is None else _card_image(bound_figure, directory, BOUND_FIGURE_FILE)
     card = ModelCard.from_template(
         _card_data(repo_id, bits_per_dim, fid, dataset_name, license, base_model),
         template_path=str(MODEL_CARD_TEMPLATE),
-        model_name=repo_id.split("/")[-1],
+        model_name=Path(repo_id).name,
         repo_id=repo_id,
         bits_per_dim=bits_per_dim,
         bits_per_dim_standard_error=bits_per_dim_standard_error,
         dataset_name=dataset_name,
-        sample_grid=SAMPLE_GRID_FILE if sample_grid is not None else None,
-        bound_figure=BOUND_FIGURE_FILE if bound_figure is not None else None,
+        sample_grid=grid_file,
+        bound_figure=figure_file,
         fid=fid,
         training_args=sorted((name, str(value)) for name, value in public_settings(training_args).items()),
         conversion=conversion,
@@ -126,7 +126,7 @@ def _card_data(
         tags=list(CARD_TAGS),
         datasets=[dataset_name] if dataset_name else None,
         metrics=[metric_type for metric_type, *_ in measured] or None,
-        model_name=repo_id.split("/")[-1],
+        model_name=Path(repo_id).name,
         eval_results=eval_results or None,
         base_model=None if base_model is None or Path(base_model).is_dir() else base_model,
     )
@@ -178,10 +178,13 @@ def _count_parameters(unet_directory: Path) -> int:
     return total
 
 
-def _write_image(image: Image.Image | str | Path, path: Path) -> None:
-    """Save a PIL image as PNG at `path`, or copy an image file there (unless it is that file)."""
+def _card_image(image: Image.Image | str | Path, directory: Path, name: str) -> str:
+    """The file name, inside `directory`, of an image the card shows: an image file already in `directory` as it
+    is (no second copy), else the image saved (a PIL image) or copied (a file) as `name`."""
     if isinstance(image, (str, Path)):
-        if Path(image).resolve() != path.resolve():
-            shutil.copyfile(image, path)
+        if Path(image).resolve().parent == directory.resolve():
+            return Path(image).name
+        shutil.copyfile(image, directory / name)
     else:
-        image.save(path, format="PNG")
+        image.save(directory / name, format="PNG")
+    return name
