@@ -46,7 +46,7 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers(tmp_path: P
         ["bpd", "--model", "m", "--plot", str(tmp_path / "file.txt" / "bound.png")],  # matplotlib found, not imported
         ["fid", "--help"],
         ["fid", "--samples", "a.npz", "--reference", "b", "--output", str(tmp_path / "file.txt" / "r.json")],
-        ["sample", "--model", "m", "--out", str(tmp_path / "grid.png"), "--dtype", "float16"],  # half on the CPU
+        ["sample", "--model", "m", "--out", str(tmp_path / "grid.png"), "--dtype", "float16", "--device", "cpu"],
     ]
     (tmp_path / "file.txt").write_text("a file, not a directory")
     script = _IMPORTS_AFTER_SCRIPT.format(argvs=argvs, heavy=HEAVY_MODULES)

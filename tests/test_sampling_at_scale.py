@@ -15,6 +15,7 @@ from pipeline_fixtures import SAMPLE_SIZE, SCHEDULER_CONFIG, tiny_unet
 
 from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 from ddpm_plus.cli import main
+from ddpm_plus.sharding import launched_processes
 
 NUM_IMAGES = 7
 ARCHIVE = f"samples_{NUM_IMAGES}x{SAMPLE_SIZE}x{SAMPLE_SIZE}x3.npz"
@@ -131,12 +132,37 @@ def test_a_folder_made_with_other_settings_is_refused(saved_pipeline, tmp_path, 
     assert error.count("\n") == 1 and "holds images made with other settings (seed: 0 there, 1 now)" in error
 
 
-def test_half_precision_on_cpu_is_one_line_before_the_model_loads(tmp_path, capsys):
+@pytest.mark.parametrize("device", [["--device", "cpu"], []])  # given, or the default on a machine without a GPU
+def test_half_precision_on_cpu_is_one_line_before_the_model_loads(device, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = tmp_path / "no-such-model"
+    model.mkdir()  # a folder that is no pipeline: the model would be refused when loaded
     for dtype in ("float16", "bfloat16"):
-        status = main(sample_argv(tmp_path / "no-such-model", tmp_path / "grid.png", "--dtype", dtype))
+        status = main(sample_argv(model, tmp_path / "grid.png", "--dtype", dtype, *device))
         error = capsys.readouterr().err
         assert status == 2 and error.count("\n") == 1 and f"--dtype {dtype} needs a GPU" in error, error
     assert not (tmp_path / "grid").exists()
+
+
+def test_device_and_threads_mean_the_same_in_sample_bpd_and_fid():
+    """--device defaults to cuda when available, else cpu, and --num-threads to the cores per local process, in
+    every sub-command."""
+    from ddpm_plus.cli import build_parser
+    from ddpm_plus.sharding import default_device
+    from ddpm_plus.training.launch import torch_threads_per_process
+
+    commands = (["sample", "--model", "m", "--out", "g.png"], ["bpd", "--model", "m"], ["fid", "--samples", "a"])
+    for argv in commands:
+        args = build_parser().parse_args([*argv, "--reference", "b"] if argv[0] == "fid" else argv)
+        assert args.device is None and args.num_threads is None
+    assert default_device(None) == ("cuda" if torch.cuda.is_available() else "cpu") and default_device("cpu") == "cpu"
+    threads = torch.get_num_threads()
+    try:
+        for requested in (1, None):
+            with launched_processes(cpu=True, num_threads=requested):
+                assert torch.get_num_threads() == torch_threads_per_process(requested)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_stochasticity_reaches_the_scheduler(saved_pipeline, tmp_path):

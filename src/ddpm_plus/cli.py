@@ -132,7 +132,7 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         "--class-label", type=int, default=None, help="the class of every image (class-conditional models only)"
     )
     parser.add_argument("--dtype", choices=SAMPLE_DTYPES, default="float32", help="half precision needs a GPU")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _add_device_arguments(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per network call (default 16)")
     parser.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square)")
     parser.add_argument("--out", type=_png_path, required=True, help="grid PNG; single images go to a folder beside it")
@@ -142,8 +142,7 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 def _check_sample_arguments(args: argparse.Namespace) -> None:
     if args.steps is not None and args.timestep_respacing is not None:
         raise ValueError("give --steps or --timestep-respacing, not both.")
-    if args.dtype != "float32" and args.device == "cpu":
-        raise ValueError(f"--dtype {args.dtype} needs a GPU (--device cuda); sample in float32 on CPUs.")
+    check_sample_precision(args.dtype, args.device)  # a default device is known once torch is imported (cli_sample)
     check_output_file(args.out, "--out")
     check_output_directory(sample_image_directory(args.out), "--out (its folder of single images)")
     _check_model_location(args.model)
@@ -178,7 +177,7 @@ def _add_fid_parser(subparsers: argparse._SubParsersAction) -> None:
         "--metrics", type=_metric_list, default=FID_METRICS, help=f"comma-separated, of {','.join(FID_METRICS)} (all)"
     )
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per network call (default 64)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    _add_device_arguments(parser)
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="reference statistics cache")
     parser.add_argument("--output", type=Path, default=None, help="write the metrics and settings as JSON")
     parser.set_defaults(module="ddpm_plus.cli_fid", check=_check_fid_arguments)
@@ -209,7 +208,7 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pilot-images", type=int, default=8, help="images of the estimator's pilot run")
     parser.add_argument("--pilot-timesteps", type=int, default=32, help="timesteps of the estimator's pilot run")
     parser.add_argument("--clip-denoised", action="store_true", help="clip x̂_0 to [-1, 1] in the reverse mean")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    _add_device_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None, help="write per-image results and settings as JSON")
     parser.add_argument(
@@ -254,6 +253,23 @@ def _check_convert_arguments(args: argparse.Namespace) -> None:
     check_output_directory(args.out, "--out")
     if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {args.out} is not empty; pass --overwrite to replace what it holds.")
+
+
+def check_sample_precision(dtype: str, device: str | None) -> None:
+    """Refuse half-precision sampling on the CPU (`device` None: not known yet, checked again once resolved)."""
+    if dtype != "float32" and device == "cpu":
+        raise ValueError(f"--dtype {dtype} needs a GPU (--device cuda); sample in float32 on CPUs.")
+
+
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --num-threads, which mean the same in every sub-command (and --num_threads in training)."""
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--num-threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads per process (default: the CPU cores divided among this machine's processes)",
+    )
 
 
 def _add_subcommand(

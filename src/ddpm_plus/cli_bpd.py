@@ -28,15 +28,14 @@ from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms, estimate_bound
 from ddpm_plus.cli import SAMPLES_PER_STRATUM
 from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.pipeline_ddpm_plus import image_size
-from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, launched_processes, map_chunks
+from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, default_device, launched_processes, map_chunks
 from ddpm_plus.utils import derived_seed, write_json
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `ddpm-plus bpd` (arguments already checked by `ddpm_plus.cli`); returns the exit status."""
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    with launched_processes(cpu=args.device == "cpu") as processes:
+    args.device = default_device(args.device)
+    with launched_processes(cpu=args.device == "cpu", num_threads=args.num_threads) as processes:
         unet, scheduler = load_model(args.model, processes.device(args.device))
         if unet.config.get("num_class_embeds") is not None:
             raise ValueError(

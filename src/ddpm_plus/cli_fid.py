@@ -30,7 +30,7 @@ from ddpm_plus.fid import (
     sharded_features,
 )
 from ddpm_plus.image_sources import ImageSet, Shape, describe_shape, open_images
-from ddpm_plus.sharding import Processes, launched_processes
+from ddpm_plus.sharding import Processes, default_device, launched_processes
 from ddpm_plus.utils import write_json
 
 Side = ImageSet | FeatureStatistics
@@ -39,14 +39,13 @@ MIN_IMAGES = 2  # the covariance of the features needs two
 
 def run(args: argparse.Namespace) -> int:
     """Check both sides, then compute the features (sharded) and, on the main process, the metrics."""
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = default_device(args.device)
     samples = open_side(args.samples, args.samples_split)
     reference = open_side(args.reference, args.reference_split)
     shape = common_shape(samples, reference)
     for side, option in ((samples, "--samples"), (reference, "--reference")):
         prepare_side(side, shape, option)
-    with launched_processes(cpu=args.device == "cpu") as processes:
+    with launched_processes(cpu=args.device == "cpu", num_threads=args.num_threads) as processes:
         extractor = load_feature_extractor(args.feature_extractor, args.feature_extractor_weights)
         extractor = extractor.to(processes.device(args.device)).eval()
         fingerprint = extractor_fingerprint(args.feature_extractor, extractor)

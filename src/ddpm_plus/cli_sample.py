@@ -31,7 +31,15 @@ import torch
 from PIL import Image
 
 from ddpm_plus.data import UNREADABLE_IMAGE_ERRORS, make_grid
-from ddpm_plus.sharding import SEEDING, Processes, SharedProgress, chunks_of, launched_processes, sample_images
+from ddpm_plus.sharding import (
+    SEEDING,
+    Processes,
+    SharedProgress,
+    chunks_of,
+    default_device,
+    launched_processes,
+    sample_images,
+)
 from ddpm_plus.utils import atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -89,11 +97,13 @@ class SampleLayout:
 def run(args: argparse.Namespace) -> int:
     """Make the missing images (each process its share of the chunks), then, on the main process, the archive and
     the grid; print where they are."""
-    from ddpm_plus.cli import sample_image_directory
+    from ddpm_plus.cli import check_sample_precision, sample_image_directory
 
     directory = sample_image_directory(args.out)
     check_resumable(directory, requested_settings(args))
-    with launched_processes(cpu=args.device == "cpu") as processes:
+    args.device = default_device(args.device)
+    check_sample_precision(args.dtype, args.device)
+    with launched_processes(cpu=args.device == "cpu", num_threads=args.num_threads) as processes:
         pipeline = load_pipeline(args.model, args.dtype, processes.device(args.device), processes.is_main)
         steps = sampling_steps(args, pipeline)
         layout = sample_layout(directory, args.num_images, pipeline)

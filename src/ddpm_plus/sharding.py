@@ -79,14 +79,27 @@ class Processes:
         return device
 
 
+def default_device(requested: str | None) -> str:
+    """The device of an evaluation command: `--device` as given, else cuda when available, else cpu."""
+    if requested is not None:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @contextmanager
-def launched_processes(*, cpu: bool) -> Iterator[Processes]:
+def launched_processes(*, cpu: bool, num_threads: int | None = None) -> Iterator[Processes]:
     """The processes that the launcher started: a single `Processes()` when it started one (no accelerate needed),
     else this process's place in their group, which is left without gloo's exit hang (`process_group_lifetime`).
+    Each process runs `num_threads` torch threads, by default the CPU cores divided among this machine's processes
+    (as training does).
 
     Args:
         cpu: join the group on CPUs (gloo), even where a GPU is present.
+        num_threads: torch threads per process (`--num-threads`).
     """
+    from ddpm_plus.training.launch import torch_threads_per_process
+
+    torch.set_num_threads(torch_threads_per_process(num_threads))
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield Processes()
         return
