@@ -1,6 +1,7 @@
 """The `ddpm-plus` command line without a model: instant help and argument errors (no torch), and output locations
 checked before anything is loaded or computed."""
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -211,3 +212,43 @@ def test_without_the_eval_extra_the_command_names_it(tmp_path, capsys, monkeypat
     assert main(["fid", "--samples", "a.npz", "--reference", "b", "--cache-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "pip install 'ddpm_plus[eval]'" in error
+
+
+def all_parsers():
+    """The parsers of `ddpm-plus`, each sub-command's and the training script's, with their names."""
+    from ddpm_plus.cli import build_parser
+    from ddpm_plus.training.arguments import build_parser as training_parser
+
+    top = build_parser()
+    yield "ddpm-plus", top
+    for action in top._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from ((f"ddpm-plus {name}", parser) for name, parser in action.choices.items())
+    yield "train.py", training_parser()
+
+
+def test_every_option_has_help_that_shows_its_default() -> None:
+    """Every option of every command has a help text; every option that takes a value shows its default (the
+    formatter appends it, or the help says what the default None means)."""
+    from ddpm_plus.cli import HelpFormatter
+
+    missing = []
+    for name, parser in all_parsers():
+        formatter = HelpFormatter(name)
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            text = formatter._get_help_string(action) % {"default": action.default}
+            if not (action.help or "").strip():
+                missing.append(f"{name} {action.option_strings[0]}: no help")
+            elif action.nargs != 0 and not action.required and "default" not in text.lower():
+                missing.append(f"{name} {action.option_strings[0]}: no default")
+    assert missing == []
+    assert "(default: 0.002)" in next(parser for name, parser in all_parsers() if name == "train.py").format_help()
+
+
+def test_version() -> None:
+    import importlib.metadata
+
+    result = subprocess.run([sys.executable, "-m", "ddpm_plus.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"ddpm-plus {importlib.metadata.version('ddpm_plus')}"

@@ -9,6 +9,7 @@ A user error (an invalid value, an unwritable output, a bad model or data set) i
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -87,8 +88,24 @@ FID_METRICS = ("fid", "is", "kid", "pr")
 CONVERT_SOURCES = ("improved-diffusion", "guided-diffusion")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's help ending with its default, unless the help already says what
+    the default is (an option whose default is None must say what it means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shows_default = action.option_strings and action.default not in (None, argparse.SUPPRESS)
+        # flags (nargs 0) say what they switch on
+        if shows_default and "default" not in text.lower() and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-plus", description="DDPM+ tools for diffusers pipelines.")
+    parser = argparse.ArgumentParser(
+        prog="ddpm-plus", description="DDPM+ tools for diffusers pipelines.", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('ddpm_plus')}")
     subcommands = parser.add_subparsers(dest="command", required=True)
     _add_sample_parser(subcommands)
     _add_fid_parser(subcommands)
@@ -126,10 +143,13 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timestep-respacing",
         default=None,
-        help="instead of --steps, improved-/guided-diffusion's respacing, e.g. 250, 10,20,30 or ddim50",
+        help="instead of --steps, improved-/guided-diffusion's respacing, e.g. 250, 10,20,30 or ddim50 (default: none)",
     )
     parser.add_argument(
-        "--class-label", type=int, default=None, help="the class of every image (class-conditional models only)"
+        "--class-label",
+        type=int,
+        default=None,
+        help="the class of every image (class-conditional models only; default: none)",
     )
     parser.add_argument("--dtype", choices=SAMPLE_DTYPES, default="float32", help="half precision needs a GPU")
     _add_device_arguments(parser)
@@ -172,14 +192,18 @@ def _add_fid_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples-split", default="train", help="split of a 🤗 dataset --samples (default train)")
     parser.add_argument("--reference-split", default="train", help="split of a 🤗 dataset --reference (default train)")
     parser.add_argument("--feature-extractor", default="inception", help="'inception' or module.path:name")
-    parser.add_argument("--feature-extractor-weights", default=None, help="local InceptionV3 weights (no download)")
+    parser.add_argument(
+        "--feature-extractor-weights", default=None, help="local InceptionV3 weights (default: downloaded once)"
+    )
     parser.add_argument(
         "--metrics", type=_metric_list, default=FID_METRICS, help=f"comma-separated, of {','.join(FID_METRICS)} (all)"
     )
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per network call (default 64)")
     _add_device_arguments(parser)
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="reference statistics cache")
-    parser.add_argument("--output", type=Path, default=None, help="write the metrics and settings as JSON")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="write the metrics and settings as JSON (default: print only)"
+    )
     parser.set_defaults(module="ddpm_plus.cli_fid", check=_check_fid_arguments)
 
 
@@ -204,15 +228,20 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="data split (image folders: 'train' is all images)")
     parser.add_argument("--num-timesteps", default="full", type=_num_timesteps, help="'full' or evaluations/image")
     parser.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
-    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images (default: all)")
     parser.add_argument("--pilot-images", type=int, default=8, help="images of the estimator's pilot run")
     parser.add_argument("--pilot-timesteps", type=int, default=32, help="timesteps of the estimator's pilot run")
     parser.add_argument("--clip-denoised", action="store_true", help="clip x̂_0 to [-1, 1] in the reverse mean")
     _add_device_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None, help="write per-image results and settings as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the images' noise keys")
     parser.add_argument(
-        "--plot", type=_png_path, default=None, help="write the figure of the terms and the rate-distortion curve (PNG)"
+        "--output", type=Path, default=None, help="write per-image results and settings as JSON (default: print only)"
+    )
+    parser.add_argument(
+        "--plot",
+        type=_png_path,
+        default=None,
+        help="write the figure of the terms and the rate-distortion curve (PNG; default: none)",
     )
     parser.set_defaults(module="ddpm_plus.cli_bpd", check=_check_bpd_arguments)
 
@@ -275,9 +304,7 @@ def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_subcommand(
     subparsers: argparse._SubParsersAction, name: str, summary: str, description: str
 ) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
-        name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    return subparsers.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter)
 
 
 # --------------------------------------------------------------------------------------------- argument types

@@ -14,7 +14,7 @@ from diffusers.optimization import SchedulerType
 from huggingface_hub import get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ddpm_plus.cli import check_extra_installed, check_output_directory, check_output_file
+from ddpm_plus.cli import HelpFormatter, check_extra_installed, check_output_directory, check_output_file
 from ddpm_plus.extras import import_extra
 from ddpm_plus.models import available_configs
 from ddpm_plus.scheduling_ddpm_plus import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
@@ -54,7 +54,7 @@ PRETRAINED_MODEL_FLAGS = (
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The training script's parser; `description` heads its --help."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     _add_data_arguments(parser.add_argument_group("data"))
     _add_model_arguments(parser.add_argument_group("model and objective"))
     _add_optimization_arguments(parser.add_argument_group("optimization"))
@@ -71,8 +71,10 @@ def _add_data_arguments(group: argparse._ArgumentGroup) -> None:
         help="A 🤗 datasets name or path (read offline from the local cache with HF_DATASETS_OFFLINE=1), or a "
         "directory written by save_to_disk. Default: the embedded digits.",
     )
-    group.add_argument("--train_data_dir", default=None, help="A folder of images (searched recursively).")
-    group.add_argument("--cache_dir", default=None, help="🤗 datasets cache directory.")
+    group.add_argument(
+        "--train_data_dir", default=None, help="A folder of images (searched recursively). Default: the digits."
+    )
+    group.add_argument("--cache_dir", default=None, help="🤗 datasets cache directory (default: 🤗 datasets' own).")
     group.add_argument("--image_column", default=None, help="Image column of a 🤗 dataset (default: detected).")
     group.add_argument(
         "--resolution", type=int, default=None, help="Image side; default: the model config's sample_size (16)."
@@ -96,7 +98,9 @@ def _add_data_arguments(group: argparse._ArgumentGroup) -> None:
         help="Split for the held-out bits/dim: default 'test' for the digits and with --held_out_fraction; "
         "a split name for 🤗 datasets (none by default).",
     )
-    group.add_argument("--num_eval_images", type=int, default=None, help="Held-out images to evaluate (all).")
+    group.add_argument(
+        "--num_eval_images", type=int, default=None, help="Held-out images to evaluate (default: all of them)."
+    )
     group.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loader worker processes.")
 
 
@@ -106,7 +110,8 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
         default=None,
         help="Fine-tune: start from the UNet weights and the scheduler config of a saved ddpm_plus or diffusers "
         "DDPMPipeline folder, a folder written by `ddpm-plus convert`, or a Hub id (e.g. google/ddpm-cifar10-32). "
-        "The model flags below then come from it; giving one with another value is refused.",
+        "The model flags below then come from it; giving one with another value is refused. Default: none, a new "
+        "model from --model_config.",
     )
     group.add_argument(
         "--model_config",
@@ -114,19 +119,26 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
         help=f"A named UNet config ({', '.join(available_configs())}) or a JSON UNet2DModel config file.",
     )
     group.add_argument("--learn_sigma", action="store_true", help="Also learn the variances (doubled output channels).")
-    group.add_argument("--prediction_type", default="epsilon", choices=PREDICTION_TYPES)
+    group.add_argument(
+        "--prediction_type", default="epsilon", choices=PREDICTION_TYPES, help="What the UNet predicts: ε, x_0, v or μ."
+    )
     group.add_argument(
         "--variance_type",
         default=None,
         choices=VARIANCE_TYPES,
-        help="Default: fixed_small, or learned_range when the model learns sigma.",
+        help="The reverse process's variances. Default: fixed_small, or learned_range when the model learns sigma.",
     )
     group.add_argument("--loss", default="simple", choices=LOSS_TYPES, help="simple (eq. 14), vlb, hybrid or kl.")
-    group.add_argument("--beta_schedule", default="linear", choices=BETA_SCHEDULES)
-    group.add_argument("--beta_start", type=float, default=1e-4)
-    group.add_argument("--beta_end", type=float, default=0.02)
-    group.add_argument("--num_train_timesteps", type=int, default=1000)
-    group.add_argument("--timestep_sampler", default="uniform", choices=TIMESTEP_SAMPLERS)
+    group.add_argument("--beta_schedule", default="linear", choices=BETA_SCHEDULES, help="The noise schedule β_t.")
+    group.add_argument("--beta_start", type=float, default=1e-4, help="β_1 of the linear-type schedules.")
+    group.add_argument("--beta_end", type=float, default=0.02, help="β_T of the linear-type schedules.")
+    group.add_argument("--num_train_timesteps", type=int, default=1000, help="T, the diffusion steps.")
+    group.add_argument(
+        "--timestep_sampler",
+        default="uniform",
+        choices=TIMESTEP_SAMPLERS,
+        help="How training draws t: uniformly, or by the loss's second moment (importance sampling).",
+    )
     group.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR-γ loss weighting (off by default).")
     group.add_argument("--vlb_weight", type=float, default=0.001, help="λ of the hybrid loss.")
 
@@ -139,15 +151,22 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
         default=None,
         help=f"Optimizer steps (default: --num_epochs if given, else {DEFAULT_MAX_TRAIN_STEPS}).",
     )
-    group.add_argument("--num_epochs", type=int, default=None, help="Epochs, when --max_train_steps is not given.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--learning_rate", type=float, default=2e-3)
-    group.add_argument("--lr_scheduler", default="cosine", choices=LR_SCHEDULERS)
-    group.add_argument("--lr_warmup_steps", type=int, default=100)
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--adam_weight_decay", type=float, default=0.0)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument(
+        "--num_epochs",
+        type=int,
+        default=None,
+        help=f"Epochs, when --max_train_steps is not given (default: neither, so {DEFAULT_MAX_TRAIN_STEPS} steps).",
+    )
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    group.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate of AdamW.")
+    group.add_argument(
+        "--lr_scheduler", default="cosine", choices=LR_SCHEDULERS, help="diffusers' learning-rate schedule."
+    )
+    group.add_argument("--lr_warmup_steps", type=int, default=100, help="Linear warm-up steps of the learning rate.")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW β1.")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW β2.")
+    group.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay.")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW ε.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping (0: off).")
     group.add_argument(
         "--skip_nonfinite_steps",
@@ -159,11 +178,13 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--use_ema", action=argparse.BooleanOptionalAction, default=True, help="Keep an EMA of the weights."
     )
-    group.add_argument("--ema_max_decay", type=float, default=0.9999)
+    group.add_argument("--ema_max_decay", type=float, default=0.9999, help="Largest EMA decay (after warm-up).")
     group.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: decay 1 - (1 + step/γ)^-p.")
     group.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up power p.")
-    group.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--mixed_precision", default="no", choices=("no", "fp16", "bf16"), help="accelerate's autocast precision."
+    )
+    group.add_argument("--seed", type=int, default=0, help="Seed of the initial weights, the data order and the noise.")
     group.add_argument(
         "--channels_last", action=argparse.BooleanOptionalAction, default=True, help="channels_last memory format."
     )
@@ -188,11 +209,11 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
 def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--output_dir", required=True, help="Pipeline, samples, bits/dim, logs and checkpoints.")
     group.add_argument("--report_to", default="tensorboard", help="accelerate tracker, or 'none'.")
-    group.add_argument("--logging_steps", type=int, default=10)
+    group.add_argument("--logging_steps", type=int, default=10, help="Log the losses every N steps.")
     group.add_argument(
         "--save_images_steps", type=int, default=1000, help="Sample grid every N steps (0: only at the end)."
     )
-    group.add_argument("--num_grid_images", type=int, default=64)
+    group.add_argument("--num_grid_images", type=int, default=64, help="Images of each sample grid.")
     group.add_argument(
         "--num_inference_steps",
         type=int,
@@ -204,7 +225,9 @@ def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
         "--bpd_steps", type=int, default=1000, help="Held-out bits/dim every N steps (0: only at the end)."
     )
     group.add_argument("--bpd_strata", type=int, default=24, help="Timestep strata of the bits/dim estimator.")
-    group.add_argument("--bpd_samples_per_stratum", type=int, default=2)
+    group.add_argument(
+        "--bpd_samples_per_stratum", type=int, default=2, help="Draws per stratum of the bits/dim estimator (≥ 2)."
+    )
     group.add_argument("--eval_batch_size", type=int, default=256, help="Images per network call in evaluation.")
     group.add_argument(
         "--eval_fid_every",
@@ -223,27 +246,34 @@ def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
         help="'inception' (torch-fidelity's InceptionV3, TensorFlow FID weights) or module.path:name of a "
         "torch.nn.Module (see `ddpm-plus fid --help`).",
     )
-    group.add_argument("--fid_feature_extractor_weights", default=None, help="A local copy of the Inception weights.")
+    group.add_argument(
+        "--fid_feature_extractor_weights",
+        default=None,
+        help="A local copy of the Inception weights (default: torch-fidelity downloads them).",
+    )
 
 
 def _add_checkpoint_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--checkpointing_steps", type=int, default=500, help="Checkpoint every N steps (0: never).")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep the newest N checkpoints.")
+    group.add_argument(
+        "--checkpoints_total_limit", type=int, default=None, help="Keep the newest N checkpoints (default: all)."
+    )
     group.add_argument(
         "--resume_from_checkpoint",
         default=None,
-        help="'latest' (the newest finished checkpoint in --output_dir, if any) or a checkpoint directory.",
+        help="'latest' (the newest finished checkpoint in --output_dir, if any) or a checkpoint directory (default: "
+        "start a new run).",
     )
 
 
 def _add_hub_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline with its model card.")
     group.add_argument("--hub_model_id", default=None, help="Repository id (default: the output_dir's name).")
-    group.add_argument("--hub_private_repo", action="store_true")
+    group.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     group.add_argument(
         "--hub_token",
         default=None,
-        help="Visible to other users of this machine: prefer HF_TOKEN or `huggingface-cli login`.",
+        help="Visible to other users of this machine: prefer HF_TOKEN or `huggingface-cli login` (default: those).",
     )
 
 
