@@ -29,7 +29,9 @@ def saved_pipeline(tmp_path_factory) -> Path:
 
 
 def sample_argv(model: Path, out: Path, *extra: str) -> list[str]:
-    return ["sample", "--model", str(model), "--num-images", str(NUM_IMAGES), "--steps", "5", "--out", str(out), *extra]
+    """One torch thread per process, whatever the number of processes: the images are then equal bit for bit."""
+    steps = ["--num-images", str(NUM_IMAGES), "--steps", "5", "--num-threads", "1"]
+    return ["sample", "--model", str(model), *steps, "--out", str(out), *extra]
 
 
 def output_bytes(out: Path) -> dict[str, bytes]:

@@ -99,15 +99,19 @@ def launched_processes(*, cpu: bool, num_threads: int | None = None) -> Iterator
     """
     from ddpm_plus.training.launch import torch_threads_per_process
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads_per_process(num_threads))
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield Processes()
-        return
-    from ddpm_plus.training.launch import create_accelerator, process_group_lifetime
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            yield Processes()
+            return
+        from ddpm_plus.training.launch import create_accelerator, process_group_lifetime
 
-    accelerator = create_accelerator(cpu=cpu)
-    with process_group_lifetime(accelerator):
-        yield Processes(accelerator.process_index, accelerator.num_processes, accelerator)
+        accelerator = create_accelerator(cpu=cpu)
+        with process_group_lifetime(accelerator):
+            yield Processes(accelerator.process_index, accelerator.num_processes, accelerator)
+    finally:
+        torch.set_num_threads(threads)  # as the caller had it (commands also run in-process)
 
 
 class SharedProgress:
