@@ -774,3 +774,39 @@ def test_compiled_training_writes_checkpoints_that_resume_without_compile(tmp_pa
         run_main(out, "--max_train_steps", "3", "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest") == 0
     )
     assert json.loads((out / "checkpoint-3" / "training_state.json").read_text())["global_step"] == 3
+
+
+# The flags of diffusers' examples/unconditional_image_generation/train_unconditional.py (its main branch).
+DIFFUSERS_TRAIN_UNCONDITIONAL_FLAGS = (
+    "dataset_name", "dataset_config_name", "model_config_name_or_path", "train_data_dir", "output_dir",
+    "overwrite_output_dir", "cache_dir", "resolution", "center_crop", "random_flip", "train_batch_size",
+    "eval_batch_size", "dataloader_num_workers", "num_epochs", "save_images_epochs", "save_model_epochs",
+    "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
+    "adam_weight_decay", "adam_epsilon", "use_ema", "ema_inv_gamma", "ema_power", "ema_max_decay", "push_to_hub",
+    "hub_token", "hub_model_id", "hub_private_repo", "logger", "logging_dir", "local_rank", "mixed_precision",
+    "prediction_type", "ddpm_num_steps", "ddpm_num_inference_steps", "ddpm_beta_schedule", "checkpointing_steps",
+    "checkpoints_total_limit", "resume_from_checkpoint", "enable_xformers_memory_efficient_attention",
+    "preserve_input_precision",
+)  # fmt: skip
+
+
+def test_diffusers_train_unconditional_commands_run_here_with_their_flag_names():
+    """The command of diffusers' README parses as is; its renamed flags are aliases of ours; the table of
+    docs/training.md maps every one of its flags."""
+    readme_command = (
+        "--dataset_name=huggan/flowers-102-categories --resolution=64 --center_crop --random_flip "
+        "--output_dir=ddpm-ema-flowers-64 --train_batch_size=16 --num_epochs=100 --gradient_accumulation_steps=1 "
+        "--use_ema --learning_rate=1e-4 --lr_warmup_steps=500 --mixed_precision=no --push_to_hub"
+    ).split()
+    args = parse_args(readme_command)
+    assert args.dataset_name == "huggan/flowers-102-categories" and args.num_epochs == 100 and args.push_to_hub
+    aliases = ["--ddpm_num_steps", "50", "--ddpm_beta_schedule", "squaredcos_cap_v2", "--ddpm_num_inference_steps"]
+    aliases += ["10", "--logger", "none", "--model_config_name_or_path", "tiny-32", "--output_dir", "out"]
+    args = parse_args(aliases)
+    assert (args.num_train_timesteps, args.beta_schedule, args.num_inference_steps) == (50, "squaredcos_cap_v2", 10)
+    assert (args.report_to, args.model_config) == ("none", "tiny-32")
+    table = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    section = table[table.index("### Coming from diffusers") : table.index("### Training loop")]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `--")]
+    documented = {flag for cell in first_cells for flag in re.findall(r"`--(\w+)`", cell)}
+    assert set(DIFFUSERS_TRAIN_UNCONDITIONAL_FLAGS) <= documented

@@ -115,6 +115,7 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--model_config",
+        "--model_config_name_or_path",
         default="digits-16",
         help=f"A named UNet config ({', '.join(available_configs())}) or a JSON UNet2DModel config file.",
     )
@@ -129,10 +130,18 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
         help="The reverse process's variances. Default: fixed_small, or learned_range when the model learns sigma.",
     )
     group.add_argument("--loss", default="simple", choices=LOSS_TYPES, help="simple (eq. 14), vlb, hybrid or kl.")
-    group.add_argument("--beta_schedule", default="linear", choices=BETA_SCHEDULES, help="The noise schedule β_t.")
+    group.add_argument(
+        "--beta_schedule",
+        "--ddpm_beta_schedule",
+        default="linear",
+        choices=BETA_SCHEDULES,
+        help="The noise schedule β_t.",
+    )
     group.add_argument("--beta_start", type=float, default=1e-4, help="β_1 of the linear-type schedules.")
     group.add_argument("--beta_end", type=float, default=0.02, help="β_T of the linear-type schedules.")
-    group.add_argument("--num_train_timesteps", type=int, default=1000, help="T, the diffusion steps.")
+    group.add_argument(
+        "--num_train_timesteps", "--ddpm_num_steps", type=int, default=1000, help="T, the diffusion steps."
+    )
     group.add_argument(
         "--timestep_sampler",
         default="uniform",
@@ -208,7 +217,7 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
 
 def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--output_dir", required=True, help="Pipeline, samples, bits/dim, logs and checkpoints.")
-    group.add_argument("--report_to", default="tensorboard", help="accelerate tracker, or 'none'.")
+    group.add_argument("--report_to", "--logger", default="tensorboard", help="accelerate tracker, or 'none'.")
     group.add_argument("--logging_steps", type=int, default=10, help="Log the losses every N steps.")
     group.add_argument(
         "--save_images_steps", type=int, default=1000, help="Sample grid every N steps (0: only at the end)."
@@ -216,6 +225,7 @@ def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--num_grid_images", type=int, default=64, help="Images of each sample grid.")
     group.add_argument(
         "--num_inference_steps",
+        "--ddpm_num_inference_steps",
         type=int,
         default=None,
         help=f"Sampling steps of the grids (default: {DEFAULT_INFERENCE_STEPS} or T if smaller; fewer than T "
