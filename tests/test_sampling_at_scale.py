@@ -125,6 +125,15 @@ def test_complete_chunks_are_not_made_again(saved_pipeline, tmp_path, monkeypatc
     assert made == [3]  # chunk [3, 6) only
 
 
+def test_a_rerun_with_nothing_left_says_so_in_one_line(saved_pipeline, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(sample_argv(saved_pipeline, out)) == 0
+    assert "Nothing to sample" not in capsys.readouterr().out
+    assert main(sample_argv(saved_pipeline, out)) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "Nothing to sample" in line]
+    assert lines == [f"Nothing to sample: the {NUM_IMAGES} images in {tmp_path / 'grid'}/ are complete."]
+
+
 def test_a_folder_made_with_other_settings_is_refused(saved_pipeline, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(sample_argv(saved_pipeline, out, "--batch-size", "3")) == 0

@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             remove_unfinished_files(layout.directory)
         chunks = processes.concatenate(incomplete_chunks(layout, processes, args.batch_size))
         incomplete = sorted(chunks, key=lambda chunk: chunk.start)
+        if not incomplete and processes.is_main:
+            print(f"Nothing to sample: the {layout.count} images in {layout.directory}/ are complete.")
         generate_chunks(pipeline, layout, processes, incomplete, args, steps)
         processes.wait_for_everyone()
         if processes.is_main:
