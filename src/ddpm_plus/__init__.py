@@ -80,6 +80,8 @@ _EXPORTS = {
     "bound_figure": "plots",
     "bound_figure_data": "plots",
     "save_bound_figure": "plots",
+    "ode_figure": "plots",
+    "save_ode_figure": "plots",
     "BoundFigureData": "plots",
     "load_image_dataset": "data",
     "make_grid": "data",

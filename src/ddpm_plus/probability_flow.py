@@ -342,7 +342,9 @@ def check_ode_settings(num_draws: int, divergence: str, num_probes: int, rtol: f
             raise ValueError(f"the solver tolerance {name} must be positive, got {value!r}.")
 
 
-def _check_flow_model(model: Any, scheduler: DDPMPlusScheduler) -> None:
+def check_flow_model(model: Any, scheduler: DDPMPlusScheduler) -> ContinuousSchedule:
+    """The continuous-time schedule of a model's ODE, after refusing (ValueError) what has none: an integer-only
+    time embedding, a prediction type without a score (`mean`), a schedule that ends at ᾱ = 0."""
     check_fractional_timesteps(model)
     prediction_type = scheduler.config.prediction_type
     if prediction_type not in ODE_PREDICTION_TYPES:
@@ -350,6 +352,7 @@ def _check_flow_model(model: Any, scheduler: DDPMPlusScheduler) -> None:
             f"the probability-flow ODE needs a score: prediction_type {prediction_type!r} is not one of "
             f"{', '.join(ODE_PREDICTION_TYPES)}."
         )
+    return ContinuousSchedule.from_scheduler(scheduler)
 
 
 def ode_likelihood(
@@ -394,8 +397,7 @@ def ode_likelihood(
     network, scheduler, generator = prepare_evaluation(model, scheduler, images, generator, max_batch_size)
     check_images(images, network, needs_8bit=True)
     check_ode_settings(num_draws, divergence, num_probes, rtol, atol)
-    _check_flow_model(model, scheduler)
-    flow = FlowModel(network, ContinuousSchedule.from_scheduler(scheduler), scheduler.config.prediction_type)
+    flow = FlowModel(network, check_flow_model(model, scheduler), scheduler.config.prediction_type)
     keys = draw_noise_keys(generator, images.shape[0])
     images_per_solve = max(1, max_batch_size // num_draws)
     parts = []
