@@ -205,7 +205,7 @@ class FlowModel:
         return -0.5 * self.schedule.beta(s).to(x.device) * (x + score)
 
 
-def _drift_and_divergence(
+def drift_and_divergence(
     flow: FlowModel, x: torch.Tensor, s: float, probes: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """f(x, s) and, per row, ∇·f: the mean of zᵀ(∂f/∂x)z over the (M, B, ...) probes, or exact (probes None)."""
@@ -266,7 +266,7 @@ def solve_flow(flow: FlowModel, x: torch.Tensor, probes: torch.Tensor | None, rt
 
     def derivative(s: float, state: np.ndarray) -> np.ndarray:
         point = torch.from_numpy(state[:-rows]).reshape(shape).to(device)
-        drift, divergence = _drift_and_divergence(flow, point, s, probes)
+        drift, divergence = drift_and_divergence(flow, point, s, probes)
         return torch.cat([drift.flatten(), divergence]).cpu().numpy()
 
     start = np.concatenate([x.detach().cpu().double().flatten().numpy(), np.zeros(rows)])
@@ -401,7 +401,7 @@ def ode_likelihood(
     keys = draw_noise_keys(generator, images.shape[0])
     images_per_solve = max(1, max_batch_size // num_draws)
     parts = []
-    with eval_mode(network):  # no dropout; `_drift_and_divergence` switches gradients on
+    with eval_mode(network):  # no dropout; `drift_and_divergence` switches gradients on
         for start in tqdm(range(0, len(keys), images_per_solve), desc="bits/dim (ODE)", disable=not progress):
             batch = slice(start, start + images_per_solve)
             parts.append(_solve_draws(flow, images[batch], keys[batch], num_draws, divergence, num_probes, rtol, atol))
