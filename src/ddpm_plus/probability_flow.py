@@ -17,7 +17,7 @@ integrated from the data (s = 0) to s = T-1 by scipy's adaptive Dormand–Prince
 the divergence by Hutchinson–Skilling probes z (E zᵀ(∂f/∂x)z = ∇·f; Rademacher or Gaussian, fixed along the path)
 or exactly (D vector–Jacobian products). For 8-bit images, uniform dequantization x̃ = x + (2/255)(u - ½),
 u ~ U[0, 1)^D, gives an upper bound on the discrete code length (Jensen):
--log P(x) ≤ E_u[-log p_0(x̃)] + D log(255/2). The derivation is in docs/math.md ("The probability-flow ODE").
+-log P(x) ≤ E_u[-log p_0(x̃)] + D log(255/2). The derivation: docs/math.md, "The probability-flow ODE".
 
 The noise of image i (dequantization u and probes z of its draw j) is keyed like the bound's: Philox keyed by the
 image's noise key (`draw_noise_keys`) with counters [1, j, 0, 0] (u) and [2, j, 0, 0] (z), so results do not
