@@ -189,7 +189,8 @@ def check_fractional_timesteps(model: Any) -> None:
 
 @dataclass
 class FlowModel:
-    """The drift f(x, s) = -½β(s)(x - ε̂(x, s)/σ(s)) of the probability-flow ODE of a network and a schedule."""
+    """The drift f(x, s) = -½β(s)(x - ε̂(x, s)/σ(s)) of the probability-flow ODE (Song et al. 2021b, eq. 13 for
+    the VP SDE, eq. 11) of a network and a schedule."""
 
     network: Network
     schedule: ContinuousSchedule
