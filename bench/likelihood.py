@@ -16,9 +16,18 @@ so reruns skip the training. Prints:
   and on this model's decoder term.
 
 Results are also written to bench/results/likelihood.json.
+
+With `--ode-model DIR` (the README's digits model, `runs/digits`), it compares instead, over its held-out digits,
+the probability-flow ODE's bits/dim (`ode_likelihood`) with the exact variational bound, each one's network
+evaluations and wall time; measures `pipe.encode` / `pipe.decode` reconstruction; and runs the ODE of a few images
+with scipy's RK45 (what `ode_likelihood` uses) and torchdiffeq's dopri5 (when installed: `pip install torchdiffeq`)
+on the same points and probes. Results go to bench/results/ode-likelihood.json, the figure to `--figure`.
+
+    python bench/likelihood.py --ode-model runs/digits [--num-images 297] [--figure docs/images/ode-digits.png]
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import time
@@ -28,11 +37,13 @@ import torch
 from diffusers import UNet2DModel
 
 from ddpm_plus.bound_estimation import estimate_bound, pilot_profile, pilot_timesteps
-from ddpm_plus.cli_bpd import image_generators
+from ddpm_plus.cli_bpd import image_generators, load_images, load_model
 from ddpm_plus.data import load_image_dataset
-from ddpm_plus.likelihood import variational_bound
+from ddpm_plus.likelihood import Network, eval_mode, variational_bound
 from ddpm_plus.models import unet_config
 from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
+from ddpm_plus.plots import save_ode_figure
+from ddpm_plus.probability_flow import FlowModel, check_flow_model, drift_and_divergence, ode_likelihood, solve_flow
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler, discretized_gaussian_log_likelihood
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,6 +72,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline-images", type=int, default=8, help="images for the engine vs simple loop timing")
     parser.add_argument("--max-batch-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ode-model", type=Path, default=None, help="compare the ODE with the bound on this model")
+    parser.add_argument("--ode-draws", type=int, default=2, help="dequantization draws per image (ODE)")
+    parser.add_argument("--ode-batch-size", type=int, default=64, help="(image, draw) rows per ODE solve")
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="rtol = atol of the ODE solver")
+    parser.add_argument("--solver-images", type=int, default=8, help="images of the scipy/torchdiffeq comparison")
+    parser.add_argument("--figure", type=Path, default=None, help="write the ODE figure (with the bound) here")
     return parser.parse_args()
 
 
@@ -280,8 +297,179 @@ def tanh_difference_on_model(unet, scheduler, images, args) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The probability-flow ODE beside the bound (--ode-model)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def ode_vs_bound(unet, scheduler, images, args) -> dict:
+    """The exact bound and the ODE's bits/dim of the same images (the bound's noise and the ODE's dequantization
+    and probes keyed from the same per-image generators)."""
+    count = len(images)
+    exact, exact_seconds = timed(
+        lambda: variational_bound(
+            unet, images, scheduler, generator=image_generators(args.seed, range(count)),
+            max_batch_size=args.max_batch_size,
+        )
+    )  # fmt: skip
+    ode, ode_seconds = timed(
+        lambda: ode_likelihood(
+            unet, images, scheduler, num_draws=args.ode_draws, rtol=args.tolerance, atol=args.tolerance,
+            generator=image_generators(args.seed, range(count)), max_batch_size=args.ode_batch_size,
+        )
+    )  # fmt: skip
+    if args.figure is not None:
+        save_ode_figure(ode, args.figure, bound=exact, model_name=args.ode_model.resolve().name)
+    return {
+        "num_images": count,
+        "exact_bound": {
+            "mean_bpd": exact.total_bpd.mean().item(),
+            "standard_error_over_images": (exact.total_bpd.std() / math.sqrt(count)).item(),
+            "evaluations": exact.num_evaluations,
+            "seconds": exact_seconds,
+        },
+        "ode": {
+            "mean_bpd": ode.mean_bpd,
+            "standard_error_over_images": ode.standard_error_over_images,
+            "standard_error_over_draws": ode.standard_error_over_draws,
+            "draws": args.ode_draws,
+            "tolerance": args.tolerance,
+            "evaluations": ode.num_evaluations,
+            "function_evaluations_per_solve": sorted(set(ode.function_evaluations.tolist())),
+            "seconds": ode_seconds,
+        },
+        "paired_difference": {
+            "mean_bpd": (ode.bits_per_dim - exact.total_bpd).mean().item(),
+            "standard_error": ((ode.bits_per_dim - exact.total_bpd).std() / math.sqrt(count)).item(),
+        },
+    }
+
+
+def reconstruction(unet, scheduler, images, steps: tuple[int, ...]) -> list[dict]:
+    """decode(encode(x)) - x on the [-1, 1] scale, per number of DDIM steps."""
+    pipe = DDPMPlusPipeline(unet, scheduler)
+    rows = []
+    for count in steps:
+        (noise, seconds) = timed(lambda count=count: pipe.encode(images, num_inference_steps=count))
+        error = pipe.decode(noise, num_inference_steps=count) - images.double()
+        rows.append(
+            {
+                "steps": count,
+                "max_abs_error": error.abs().max().item(),
+                "rms_error": error.square().mean().sqrt().item(),
+                "max_abs_error_in_levels": error.abs().max().item() * 127.5,
+                "encode_seconds": seconds,
+                "noise_std": noise.std().item(),
+            }
+        )
+    return rows
+
+
+def torchdiffeq_log_density(flow: FlowModel, x: torch.Tensor, probes: torch.Tensor, tolerance: float):
+    """log p_0(x) by torchdiffeq's dopri5 (the same tableau and error norm as scipy's RK45) on the same ODE.
+
+    dopri5 steps past the end of the interval and interpolates back, so it evaluates f beyond s = T-1, where the
+    schedule has no value: s is clamped to T-1 there (scipy's solve_ivp never leaves the interval)."""
+    from torchdiffeq import odeint  # not a dependency of ddpm_plus: pip install torchdiffeq
+
+    rows, evaluations = x.shape[0], 0
+
+    def derivative(s: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        time = min(s.item(), flow.schedule.end)
+        drift, divergence = drift_and_divergence(flow, state[:-rows].reshape(x.shape), time, probes)
+        return torch.cat([drift.flatten(), divergence])
+
+    start = torch.cat([x.flatten(), torch.zeros(rows, dtype=torch.float64)])
+    span = torch.tensor([0.0, flow.schedule.end], dtype=torch.float64)
+    end = odeint(derivative, start, span, rtol=tolerance, atol=tolerance, method="dopri5")[-1]
+    noise = end[:-rows].reshape(rows, -1)
+    prior = -0.5 * (noise.square().sum(1) + noise.shape[1] * math.log(2 * math.pi))
+    return prior + end[-rows:], evaluations
+
+
+def solver_comparison(unet, scheduler, images, args, repeats: int = 3) -> dict:
+    """scipy's RK45 and torchdiffeq's dopri5 on the same dequantized images and Rademacher probes; each solver runs
+    `repeats` times, alternating, and the shortest wall time counts (the machine's load varies)."""
+    generator = torch.Generator().manual_seed(args.seed)
+    x = images.double() + (torch.rand(images.shape, generator=generator, dtype=torch.float64) - 0.5) * 2 / 255
+    probes = torch.randint(0, 2, (1, *x.shape), generator=generator).double() * 2 - 1
+    network = Network(unet, torch.float32, torch.device("cpu"), unet.config.in_channels)
+    flow = FlowModel(network, check_flow_model(unet, scheduler), scheduler.config.prediction_type)
+    solvers = {"scipy_rk45": lambda: solve_flow(flow, x, probes, args.tolerance, args.tolerance)}
+    if importlib.util.find_spec("torchdiffeq") is not None:
+        import torchdiffeq  # before the clock starts
+
+        solvers["torchdiffeq_dopri5"] = lambda: torchdiffeq_log_density(flow, x, probes, args.tolerance)
+    runs = {name: [] for name in solvers}
+    with eval_mode(network):
+        for _ in range(repeats):
+            for name, solve in solvers.items():
+                runs[name].append(timed(solve))
+    dimensions = x[0].numel() * math.log(2)
+    scipy_solution = runs["scipy_rk45"][0][0]
+    results = {"scipy_rk45": (scipy_solution.log_density, scipy_solution.num_function_evaluations)}
+    if "torchdiffeq_dopri5" in runs:
+        results["torchdiffeq_dopri5"] = runs["torchdiffeq_dopri5"][0][0]
+    report = {"num_images": len(x), "tolerance": args.tolerance, "repeats": repeats}
+    for name, (log_density, evaluations) in results.items():
+        report[name] = {
+            "mean_bpd": (-log_density / dimensions).mean().item() + math.log2(127.5),
+            "function_evaluations": evaluations,
+            "seconds": min(seconds for _, seconds in runs[name]),
+            "max_image_difference_to_scipy_bpd": (
+                ((log_density - scipy_solution.log_density) / dimensions).abs().max().item()
+            ),
+        }
+    if "torchdiffeq_dopri5" in report:
+        report["torchdiffeq_dopri5"]["version"] = torchdiffeq.__version__
+    return report
+
+
+def ode_main(args: argparse.Namespace) -> None:
+    total_start = time.perf_counter()
+    unet, scheduler = load_model(str(args.ode_model), torch.device("cpu"))
+    images = load_images("digits", "test", unet.config, args.num_images)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(images)} test digits {images.shape[1:]}")
+    comparison = ode_vs_bound(unet, scheduler, images, args)
+    for name in ("exact_bound", "ode"):
+        row = comparison[name]
+        print(
+            f"{name:12s} {row['mean_bpd']:.4f} bits/dim (± {row['standard_error_over_images']:.4f} standard error "
+            f"over images), {row['evaluations']} network evaluations, {row['seconds']:.1f} s"
+        )
+    paired = comparison["paired_difference"]
+    print(f"ODE - bound, paired over images: {paired['mean_bpd']:+.4f} ± {paired['standard_error']:.4f}")
+    steps = sorted({min(count, scheduler.config.num_train_timesteps) for count in (50, 200, 1000)})
+    rows = reconstruction(unet, scheduler, images[: args.solver_images], steps)
+    for row in rows:
+        error = row["max_abs_error_in_levels"]
+        print(f"decode(encode(x)) with {row['steps']} DDIM steps: max |error| {error:.3f} levels")
+    solvers = solver_comparison(unet, scheduler, images[: args.solver_images], args)
+    for name in ("scipy_rk45", "torchdiffeq_dopri5"):
+        if name in solvers:
+            row = solvers[name]
+            print(f"{name:20s} {row['mean_bpd']:.5f} bits/dim, {row['function_evaluations']} evaluations of f, "
+                  f"{row['seconds']:.1f} s")  # fmt: skip
+    report = {
+        "ode_vs_bound": comparison,
+        "reconstruction": rows,
+        "solvers": solvers,
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "threads": torch.get_num_threads(),
+        "total_seconds": time.perf_counter() - total_start,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ode-likelihood.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"total {report['total_seconds']:.0f} s; wrote {RESULTS / 'ode-likelihood.json'}")
+
+
 def main() -> None:
     args = parse_args()
+    if args.ode_model is not None:
+        ode_main(args)
+        return
     if args.evaluations < 4:
         raise SystemExit("--evaluations must be at least 4 (two draws for the decoder and for one KL stratum)")
     total_start = time.perf_counter()

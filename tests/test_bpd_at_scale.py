@@ -13,6 +13,7 @@ from ddpm_plus.cli import main
 
 EXACT = ("--num-timesteps", "full", "--batch-size", "40")  # T = 20: chunks of 2 images
 ESTIMATE = ("--num-timesteps", "5", "--batch-size", "10", "--pilot-images", "2", "--pilot-timesteps", "4")
+ODE = ("--method", "ode", "--batch-size", "4", "--draws", "2", "--rtol", "1e-3", "--atol", "1e-3")  # 2 images a solve
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def report_without_time(path: Path) -> dict:
     return report
 
 
-@pytest.mark.parametrize("mode", [EXACT, ESTIMATE], ids=["exact", "estimate"])
+@pytest.mark.parametrize("mode", [EXACT, ESTIMATE, ODE], ids=["exact", "estimate", "ode"])
 def test_two_cpu_processes_write_the_one_process_report(saved_pipeline, tmp_path, mode):
     output = tmp_path / "bpd.json"
     assert main(bpd_argv(saved_pipeline, output, *mode)) == 0
@@ -76,6 +77,36 @@ def test_an_interrupted_run_resumes_from_its_partial_results(saved_pipeline, tmp
     assert calls == [1]  # only the last chunk, image 4
     assert report_without_time(output) == straight
     assert not partial.exists()
+
+
+def test_an_interrupted_ode_run_resumes_from_its_partial_results(saved_pipeline, tmp_path, monkeypatch):
+    output, figure = tmp_path / "bpd.json", tmp_path / "ode.png"
+    assert main([*bpd_argv(saved_pipeline, output, *ODE), "--plot", str(figure)]) == 0
+    straight = report_without_time(output)
+    assert straight["settings"].pop("plot") == str(figure) and figure.stat().st_size > 0
+    assert straight["summary"]["num_draws"] == 2 and straight["summary"]["standard_error_over_draws"] > 0
+    assert straight["settings"]["divergence"] == "rademacher" and "num_timesteps" not in straight["settings"]
+    output.unlink()
+
+    calls = []
+    real_likelihood = cli_bpd.ode_likelihood
+
+    def interrupted_at_the_second_chunk(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2 and interrupt:
+            raise KeyboardInterrupt
+        return real_likelihood(*args, **kwargs)
+
+    monkeypatch.setattr(cli_bpd, "ode_likelihood", interrupted_at_the_second_chunk)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        main(bpd_argv(saved_pipeline, output, *ODE))
+    calls.clear()
+    interrupt = False
+    assert main(bpd_argv(saved_pipeline, output, *ODE)) == 0
+    assert calls == [2, 1]  # images 2-3 and 4: the first chunk was kept
+    resumed = report_without_time(output)
+    assert resumed["settings"].pop("plot") is None and resumed == straight
 
 
 def test_partial_results_of_other_settings_are_refused(saved_pipeline, tmp_path, capsys, monkeypatch):

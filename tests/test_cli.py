@@ -252,3 +252,38 @@ def test_version() -> None:
 
     result = subprocess.run([sys.executable, "-m", "ddpm_plus.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"ddpm-plus {importlib.metadata.version('ddpm_plus')}"
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--method", "ode", "--num-timesteps", "10"], "--method ode takes no --num-timesteps (options of the"),
+        (["--method", "ode", "--pilot-images", "2", "--clip-denoised"], "takes no --pilot-images, --clip-denoised"),
+        (["--rtol", "1e-3"], "--method bound takes no --rtol (options of --method ode)"),
+        (["--method", "ode", "--rtol", "0"], "--rtol (a tolerance of the ODE solver) must be positive, got 0.0"),
+        (["--method", "ode", "--atol=-1e-5"], "--atol (a tolerance of the ODE solver) must be positive"),
+        (["--method", "ode", "--num-probes", "0"], "--num-probes must be positive, got 0"),
+        (["--method", "ode", "--draws", "0"], "--draws must be positive, got 0"),
+    ],
+)
+def test_bpd_ode_option_errors_are_one_line_before_the_model_loads(tmp_path, capsys, options, message) -> None:
+    status = main(["bpd", "--model", str(tmp_path / "no-such-model"), *options])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and message in error, error
+
+
+def test_bpd_ode_refuses_an_integer_time_embedding_in_one_line_before_any_work(tmp_path: Path, capsys) -> None:
+    from diffusers import UNet2DModel
+
+    UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, time_embedding_type="learned", num_train_timesteps=20,
+    ).save_pretrained(tmp_path / "model" / "unet")  # fmt: skip
+    DDPMPlusScheduler(num_train_timesteps=20).save_pretrained(tmp_path / "model" / "scheduler")
+    argv = ["bpd", "--model", str(tmp_path / "model"), "--method", "ode", "--output", str(tmp_path / "r.json")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "learned table of integer timesteps" in error
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.json.partial").exists()

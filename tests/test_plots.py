@@ -21,7 +21,18 @@ from ddpm_plus.bound_estimation import (
     pilot_timesteps,
 )
 from ddpm_plus.likelihood import variational_bound
-from ddpm_plus.plots import FIGURE_DPI, FIGURE_SIZE, bound_figure, bound_figure_data, figure_image, save_bound_figure
+from ddpm_plus.plots import (
+    FIGURE_DPI,
+    FIGURE_SIZE,
+    bound_figure,
+    bound_figure_data,
+    figure_image,
+    ode_figure,
+    ode_figure_data,
+    save_bound_figure,
+    save_ode_figure,
+)
+from ddpm_plus.probability_flow import ode_likelihood
 from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 
 T = 50
@@ -265,6 +276,32 @@ def test_figure_panels_and_files(setup, estimate_setup, tmp_path):
         assert image.mode == "RGB" and image.size == FIGURE_PIXELS
     path = save_bound_figure(estimate, tmp_path / "bound.png", pilot=pilot, model_name="toy-model")
     with Image.open(path) as saved:
+        assert saved.format == "PNG" and saved.size == FIGURE_PIXELS
+
+
+def test_ode_figure_data_file_and_the_bound_beside_it(setup, tmp_path):
+    scheduler, model, images = setup
+    generator = torch.Generator().manual_seed(0)
+    ode = ode_likelihood(lambda x, t: 0.3 * x, images, scheduler, num_draws=2, generator=generator, progress=False)
+    exact = variational_bound(model, images, scheduler, progress=False)
+    data = ode_figure_data(ode, exact)
+    path = ode.path_bpd.numpy().mean(0)
+    np.testing.assert_allclose(data.step_bpd, path[1:] - path[:-1], rtol=1e-12)
+    rate = ode.prior_bpd.numpy().mean() + path[-1] - path
+    np.testing.assert_allclose(data.rate_bpd, rate, rtol=1e-12)
+    # down to s = 0 the rate is the code length less the 8-bit bins' log₂(255/2)
+    assert data.rate_bpd[0] + math.log2(127.5) == pytest.approx(ode.bits_per_dim.mean().item(), rel=1e-12)
+    terms, prior = exact.terms_bpd.numpy(), exact.prior_bpd.numpy()
+    np.testing.assert_allclose(data.bound_rate_bpd, rate_reference(prior, terms).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(data.bound_terms_bpd, terms[:, 1:].mean(0), rtol=1e-12)
+    assert ode_figure_data(ode).bound_terms_bpd is None
+    figure = ode_figure(ode, bound=exact, model_name="toy-model")
+    step_axes, rate_axes = figure.axes
+    assert "toy-model" in figure.get_suptitle() and f"{ode.mean_bpd:.4f}" in figure.get_suptitle()
+    assert len(step_axes.get_lines()) == 2 and step_axes.get_yscale() == "symlog"
+    legend = [text.get_text() for text in rate_axes.get_legend().get_texts()]
+    assert legend == [f"ODE: {ode.mean_bpd:.4f} bits/dim", f"bound: {exact.total_bpd.mean().item():.4f} bits/dim"]
+    with Image.open(save_ode_figure(ode, tmp_path / "ode.png")) as saved:
         assert saved.format == "PNG" and saved.size == FIGURE_PIXELS
 
 

@@ -63,6 +63,13 @@ Under `accelerate launch ... -m ddpm_plus.cli bpd ...` the processes share the i
 report. With `--output FILE`, finished chunks of images wait in FILE.partial/ until the report is written: rerun an
 interrupted command to compute only the rest.
 
+`--method ode` computes instead the exact likelihood of the probability-flow ODE (ddpm_plus.probability_flow):
+each image dequantized `--draws` times (uniform noise within its 8-bit bin, an upper bound on the discrete code
+length), the ODE integrated by scipy's adaptive RK45 (`--rtol`, `--atol`) with the divergence from `--num-probes`
+Hutchinson probes (`--divergence rademacher|gaussian`) or exact (`--divergence exact`, for small images). It takes
+none of the bound's options (`--num-timesteps`, `--pilot-images`, `--pilot-timesteps`, `--clip-denoised`), and the
+bound takes none of these. `--batch-size` is then (image, draw) rows per solve.
+
 Images must have an exact 8-bit form: 16-bit, float and transparent images are refused (see ddpm_plus.data).
 """
 
@@ -82,6 +89,11 @@ written (docs/converting.md lists the released checkpoints).
 """
 
 SAMPLES_PER_STRATUM = 2
+BPD_METHODS = ("bound", "ode")
+DIVERGENCES = ("rademacher", "gaussian", "exact")  # ddpm_plus.probability_flow.DIVERGENCES, without importing torch
+# The options of each `ddpm-plus bpd --method` and their defaults (None on the command line means "not given").
+BOUND_OPTIONS = {"num_timesteps": "full", "pilot_images": 8, "pilot_timesteps": 32, "clip_denoised": False}
+ODE_OPTIONS = {"divergence": "rademacher", "num_probes": 1, "draws": 2, "rtol": 1e-5, "atol": 1e-5}
 MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
 SAMPLE_DTYPES = ("float32", "float16", "bfloat16")
 FID_METRICS = ("fid", "is", "kid", "pr")
@@ -226,12 +238,26 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="saved pipeline directory (or Hub id)")
     parser.add_argument("--data", default="digits", help="'digits', an image folder, or a 🤗 datasets name/path")
     parser.add_argument("--split", default="test", help="data split (image folders: 'train' is all images)")
-    parser.add_argument("--num-timesteps", default="full", type=_num_timesteps, help="'full' or evaluations/image")
-    parser.add_argument("--batch-size", type=int, default=256, help="(image, timestep) pairs per network call")
+    parser.add_argument(
+        "--method", choices=BPD_METHODS, default="bound", help="the variational bound, or the probability-flow ODE"
+    )
+    parser.add_argument("--num-timesteps", type=_num_timesteps, help="'full' (default) or evaluations/image")
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="(image, timestep) pairs, or (image, draw) rows, per network call"
+    )
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N images (default: all)")
-    parser.add_argument("--pilot-images", type=int, default=8, help="images of the estimator's pilot run")
-    parser.add_argument("--pilot-timesteps", type=int, default=32, help="timesteps of the estimator's pilot run")
-    parser.add_argument("--clip-denoised", action="store_true", help="clip x̂_0 to [-1, 1] in the reverse mean")
+    parser.add_argument("--pilot-images", type=int, help="images of the estimator's pilot run (default 8)")
+    parser.add_argument("--pilot-timesteps", type=int, help="timesteps of the estimator's pilot run (default 32)")
+    parser.add_argument(
+        "--clip-denoised", action="store_true", default=None, help="clip x̂_0 to [-1, 1] in the reverse mean"
+    )
+    parser.add_argument(
+        "--divergence", choices=DIVERGENCES, help="ODE: Hutchinson probes or exact (default: rademacher)"
+    )
+    parser.add_argument("--num-probes", type=int, help="ODE: Hutchinson probes per draw (default 1)")
+    parser.add_argument("--draws", type=int, help="ODE: dequantization draws per image (default 2)")
+    parser.add_argument("--rtol", type=float, help="ODE: the solver's relative tolerance (default 1e-5)")
+    parser.add_argument("--atol", type=float, help="ODE: the solver's absolute tolerance (default 1e-5)")
     _add_device_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the images' noise keys")
     parser.add_argument(
@@ -247,9 +273,13 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _check_bpd_arguments(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "pilot_images", "pilot_timesteps"):
-        if getattr(args, name) < 1:
+    _resolve_method_options(args)
+    for name in ("batch_size", "pilot_images", "pilot_timesteps", "num_probes", "draws"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
+    for name in ("rtol", "atol"):
+        if args.method == "ode" and not getattr(args, name) > 0:
+            raise ValueError(f"--{name} (a tolerance of the ODE solver) must be positive, got {getattr(args, name)}.")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be positive, got {args.max_images}.")
     if args.output is not None:
@@ -299,6 +329,24 @@ def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads per process (default: the CPU cores divided among this machine's processes)",
     )
+
+
+def _resolve_method_options(args: argparse.Namespace) -> None:
+    """Refuse the options of the other `--method`; give this method's options that were not given their defaults."""
+    own, other = (ODE_OPTIONS, BOUND_OPTIONS) if args.method == "ode" else (BOUND_OPTIONS, ODE_OPTIONS)
+    given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) is not None]
+    if given:
+        whose = "the variational bound and its estimator" if args.method == "ode" else "--method ode"
+        raise ValueError(f"--method {args.method} takes no {', '.join(given)} (options of {whose}).")
+    for name, default in own.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
+def method_settings(args: argparse.Namespace) -> dict:
+    """The arguments of a `ddpm-plus bpd` run without the other method's options (which it did not take)."""
+    other = BOUND_OPTIONS if args.method == "ode" else ODE_OPTIONS
+    return {key: value for key, value in vars(args).items() if key not in other}
 
 
 def _add_subcommand(

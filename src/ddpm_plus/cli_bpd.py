@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms, estimate_bound, pilot_terms, student_t_quantile
-from ddpm_plus.cli import SAMPLES_PER_STRATUM
+from ddpm_plus.cli import SAMPLES_PER_STRATUM, method_settings
 from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.pipeline_ddpm_plus import image_size
+from ddpm_plus.probability_flow import ODELikelihoodResult, check_flow_model, ode_likelihood
 from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, default_device, launched_processes, map_chunks
 from ddpm_plus.utils import derived_seed, write_json
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--model {args.model} is class-conditional, and the data sets here carry no labels: compute its bound "
                 "with pipe.log_likelihood(images, class_labels=...)."
             )
+        if args.method == "ode":
+            check_flow_model(unet, scheduler)
         images = load_images(args.data, args.split, unet.config, args.max_images)
         store = (
             None
@@ -49,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
             else ChunkStore(partial_results(args.output), _resume_settings(args, scheduler), processes)
         )
         start = time.perf_counter()
-        if args.num_timesteps == "full":
+        if args.method == "ode":
+            result, pilot = _ode_likelihood(unet, scheduler, images, args, processes, store), None
+        elif args.num_timesteps == "full":
             result, pilot = _exact_bound(unet, scheduler, images, args, processes, store), None
         else:
             pilot = _pilot_terms(unet, scheduler, images, args)
@@ -60,14 +65,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(
-    result: BoundResult | BoundEstimate,
+    result: BoundResult | BoundEstimate | ODELikelihoodResult,
     pilot: PilotTerms | None,
     args: argparse.Namespace,
     scheduler: Any,
     seconds: float,
 ) -> None:
     """Print the summary; write the JSON report (then drop the partial results) and the figure where asked."""
-    report = _exact_report(result) if pilot is None else _estimate_report(result, pilot)
+    if isinstance(result, ODELikelihoodResult):
+        report = _ode_report(result)
+    else:
+        report = _exact_report(result) if pilot is None else _estimate_report(result, pilot)
     report["summary"]["seconds"] = round(seconds, 3)
     report["settings"] = _settings(args, scheduler)
     print(_summary_line(report["summary"]))
@@ -76,9 +84,13 @@ def _write_outputs(
         shutil.rmtree(partial_results(args.output), ignore_errors=True)
         print(f"wrote {args.output}")
     if args.plot is not None:
-        from ddpm_plus.plots import save_bound_figure
+        from ddpm_plus.plots import save_bound_figure, save_ode_figure
 
-        save_bound_figure(result, args.plot, pilot=pilot, model_name=Path(args.model).resolve().name)
+        model_name = Path(args.model).resolve().name
+        if isinstance(result, ODELikelihoodResult):
+            save_ode_figure(result, args.plot, model_name=model_name)
+        else:
+            save_bound_figure(result, args.plot, pilot=pilot, model_name=model_name)
         print(f"wrote {args.plot}")
 
 
@@ -137,30 +149,29 @@ def image_generators(seed: int, indices: range) -> list[torch.Generator]:
 
 
 def _over_image_batches(
-    bound: Callable[..., Any],
+    evaluate: Callable[..., Any],
     kind: type,
     images: torch.Tensor,
     args: argparse.Namespace,
-    evaluations_per_image: int,
+    inputs_per_image: int,
     desc: str,
     processes: Processes,
     store: ChunkStore | None,
 ) -> list[Any]:
-    """`bound(batch, generator=..., ...)`, a `kind`, on consecutive chunks of about `batch_size` network inputs'
+    """`evaluate(batch, generator=...)`, a `kind`, on consecutive chunks of about `batch_size` network inputs'
     worth of images (at least one image), each image with its own generator (`image_generators`): the processes
     share the chunks, and the chunks that `store` holds from an interrupted run are read instead (`map_chunks`)."""
 
-    def bound_of_chunk(indices: range) -> Any:
-        return bound(
-            images[indices.start : indices.stop],
-            generator=image_generators(args.seed, indices),
-            max_batch_size=args.batch_size,
-            clip_denoised=args.clip_denoised,
-            progress=False,
-        )
+    def evaluate_chunk(indices: range) -> Any:
+        return evaluate(images[indices.start : indices.stop], generator=image_generators(args.seed, indices))
 
-    chunks = chunks_of(len(images), max(1, args.batch_size // evaluations_per_image))
-    return map_chunks(processes, chunks, bound_of_chunk, kind, desc=desc, store=store)
+    chunks = chunks_of(len(images), max(1, args.batch_size // inputs_per_image))
+    return map_chunks(processes, chunks, evaluate_chunk, kind, desc=desc, store=store)
+
+
+def _bound_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's options of the bound and its estimate."""
+    return {"max_batch_size": args.batch_size, "clip_denoised": args.clip_denoised, "progress": False}
 
 
 def _exact_bound(
@@ -172,7 +183,7 @@ def _exact_bound(
     store: ChunkStore | None,
 ) -> BoundResult:
     num_steps = scheduler.config.num_train_timesteps
-    exact_bound = functools.partial(variational_bound, unet, scheduler=scheduler)
+    exact_bound = functools.partial(variational_bound, unet, scheduler=scheduler, **_bound_options(args))
     parts = _over_image_batches(exact_bound, BoundResult, images, args, num_steps, "bpd (exact)", processes, store)
     return BoundResult.concat(parts)
 
@@ -226,6 +237,7 @@ def _estimated_bound(
         num_strata=(args.num_timesteps - 1) // SAMPLES_PER_STRATUM,
         samples_per_stratum=SAMPLES_PER_STRATUM,
         profile=pilot.profile(),
+        **_bound_options(args),
     )
     estimates = _over_image_batches(
         estimated_bound, BoundEstimate, images, args, args.num_timesteps, "bpd (estimate)", processes, store
@@ -260,6 +272,71 @@ def _estimate_report(estimate: BoundEstimate, pilot: PilotTerms) -> dict[str, An
     return {"summary": summary, "images": per_image}
 
 
+def _ode_likelihood(
+    unet: Any,
+    scheduler: Any,
+    images: torch.Tensor,
+    args: argparse.Namespace,
+    processes: Processes,
+    store: ChunkStore | None,
+) -> ODELikelihoodResult:
+    """The ODE's bits/dim, one solve per chunk of `--batch-size` (image, draw) rows."""
+    likelihood = functools.partial(
+        ode_likelihood,
+        unet,
+        scheduler=scheduler,
+        num_draws=args.draws,
+        divergence=args.divergence,
+        num_probes=args.num_probes,
+        rtol=args.rtol,
+        atol=args.atol,
+        max_batch_size=args.batch_size,
+        progress=False,
+    )
+    parts = _over_image_batches(
+        likelihood, ODELikelihoodResult, images, args, args.draws, "bpd (ODE)", processes, store
+    )
+    return ODELikelihoodResult.concat(parts)
+
+
+def _ode_report(result: ODELikelihoodResult) -> dict[str, Any]:
+    draw_errors = result.draw_standard_error()
+    summary = {
+        **_over_images(result.bits_per_dim),
+        "standard_error_over_images": _finite_or_none(result.standard_error_over_images),
+        "standard_error_over_draws": _finite_or_none(result.standard_error_over_draws),
+        "num_draws": result.draws_bpd.shape[1],
+        "num_evaluations": result.num_evaluations,
+        "mean_function_evaluations": result.function_evaluations.double().mean().item(),
+        "mean_prior_bpd": result.prior_bpd.mean().item(),
+        "mean_path_bpd": result.path_bpd.mean(0).tolist(),
+    }
+    per_image = [
+        {
+            "index": index,
+            "bpd": bpd,
+            "draws_bpd": draws,
+            "draw_standard_error": _finite_or_none(error),
+            "function_evaluations": evaluations,
+        }
+        for index, (bpd, draws, error, evaluations) in enumerate(
+            zip(
+                result.bits_per_dim.tolist(),
+                result.draws_bpd.tolist(),
+                draw_errors.tolist(),
+                result.function_evaluations.tolist(),
+                strict=True,
+            )
+        )
+    ]
+    return {"summary": summary, "images": per_image}
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A value for JSON: NaN (a standard error from a single draw or image) is null."""
+    return value if math.isfinite(value) else None
+
+
 def _over_images(total_bpd: torch.Tensor) -> dict[str, Any]:
     """Mean bits/dim over the images and its 95% interval (Student t over images, as a population estimate)."""
     count = len(total_bpd)
@@ -274,7 +351,7 @@ def _over_images(total_bpd: torch.Tensor) -> dict[str, Any]:
 def _settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]:
     settings = {
         key: str(value) if isinstance(value, Path) else value
-        for key, value in vars(args).items()
+        for key, value in method_settings(args).items()
         if key not in ("command", "module", "check")
     }
     settings["num_train_timesteps"] = scheduler.config.num_train_timesteps
@@ -289,11 +366,14 @@ def _resume_settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
-    line = f"bits/dim: {summary['mean_bpd']:.4f}"
+    method = f" (probability-flow ODE, {summary['num_draws']} draws per image)" if "num_draws" in summary else ""
+    line = f"bits/dim{method}: {summary['mean_bpd']:.4f}"
     if summary["ci95"] is not None:
         low, high = summary["ci95"]
         line += f" ± {(high - low) / 2:.4f} (95% CI over {summary['num_images']} images)"
     line += f", {summary['num_evaluations']} network evaluations"
+    if summary.get("standard_error_over_draws") is not None:
+        line += f"; standard error over the draws {summary['standard_error_over_draws']:.4f}"
     if "estimator_standard_error" in summary:
         line += f"; estimator standard error {summary['estimator_standard_error']:.4f}"
     return line

@@ -201,7 +201,7 @@ def _dtype_and_device(network: Any, x0: torch.Tensor) -> tuple[torch.dtype, torc
 
 
 @contextlib.contextmanager
-def _eval_mode(network: Network) -> Iterator[None]:
+def eval_mode(network: Network) -> Iterator[None]:
     """Switch a module to eval mode (no dropout) for the evaluation and restore its mode afterwards."""
     module = network.forward if isinstance(network.forward, torch.nn.Module) else None
     was_training = module is not None and module.training
@@ -263,12 +263,17 @@ def draw_noise_keys(generator: GeneratorLike, batch_size: int) -> list[int]:
     return keys.tolist()
 
 
+def keyed_generator(key: int, stream: int, index: int) -> np.random.Generator:
+    """numpy's Philox keyed by an image's noise key, with counter [stream, index, 0, 0]: stream 0 is the bound's ε
+    of timestep `index`; other streams serve other draws of the same image (the ddpm_plus package's ODE)."""
+    return np.random.Generator(np.random.Philox(key=key, counter=[stream, index, 0, 0]))
+
+
 def _pair_noise(keys: Sequence[int], shape: torch.Size) -> Callable[[int, int], np.ndarray]:
     """ε of (image i, timestep t): standard normals of the image's shape from Philox keyed by (k_i, t)."""
 
     def noise(image: int, timestep: int) -> np.ndarray:
-        bits = np.random.Philox(key=keys[image], counter=[0, timestep, 0, 0])
-        return np.random.Generator(bits).standard_normal(tuple(shape[1:]))
+        return keyed_generator(keys[image], 0, timestep).standard_normal(tuple(shape[1:]))
 
     return noise
 
@@ -313,7 +318,7 @@ def evaluate_plan(
     noise = _pair_noise(keys, x0.shape)
     results = torch.empty(3, num_pairs, dtype=torch.float64)
     starts = range(0, num_pairs, max_batch_size)
-    with _eval_mode(network):
+    with eval_mode(network):
         for start in tqdm(starts, desc="bits/dim", unit="call", disable=not progress, leave=False):
             rows = torch.arange(start, min(start + max_batch_size, num_pairs)) % batch
             timesteps = flat_plan[start : start + len(rows)]

@@ -303,11 +303,7 @@ class DDPMPlusPipeline(DiffusionPipeline):
             class_labels: for a class-conditional UNet, the class of every image (one int) or of each image.
         """
         self._check_components()
-        if not hasattr(self.scheduler, "vb_terms_from_moments"):
-            raise ValueError(
-                f"log_likelihood needs the DDPM+ scheduler math; {type(self.scheduler).__name__} has none. Use "
-                "`pipe.scheduler = DDPMPlusScheduler.from_config(pipe.scheduler.config)`."
-            )
+        self._check_scheduler_math("log_likelihood")
         _check_not_empty(images)
         x0 = self._as_model_images(images)
         labels = class_label_tensor(class_labels, x0.shape[0], self.unet.config.get("num_class_embeds"))
@@ -332,8 +328,85 @@ class DDPMPlusPipeline(DiffusionPipeline):
         )
         return output if return_dict else output.to_tuple()
 
-    def _as_model_images(self, images: Any) -> torch.Tensor:
-        """8-bit images as a float tensor (B, C, H, W) in [-1, 1], checked against the UNet's input shape."""
+    def _check_scheduler_math(self, method: str) -> None:
+        """Raise a `ValueError` unless the scheduler carries the DDPM+ math that `method` needs."""
+        if not hasattr(self.scheduler, "vb_terms_from_moments"):
+            raise ValueError(
+                f"{method} needs the DDPM+ scheduler math; {type(self.scheduler).__name__} has none. Use "
+                "`pipe.scheduler = DDPMPlusScheduler.from_config(pipe.scheduler.config)`."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The probability-flow ODE: images to noise and back
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, images: Any, num_inference_steps: int = 50) -> torch.Tensor:
+        """Map images to their noise along the probability-flow ODE, in the fixed-step DDIM form (η = 0).
+
+        The inverse of `decode` up to the discretisation error, which shrinks with `num_inference_steps`. Step k
+        moves x from the noise level of τ_{k-1} (the data: ᾱ = 1) to τ_k with ε̂ = ε̂(x, τ_k) held fixed
+        (Song, Meng & Ermon 2021, eq. 12 with σ = 0): x ← √ᾱ_{τ_k} x̂_0 + √(1 - ᾱ_{τ_k}) ε̂,
+        x̂_0 = (x - √(1 - ᾱ_{τ_{k-1}}) ε̂) / √ᾱ_{τ_{k-1}}. No clipping, so the map stays invertible.
+
+        Args:
+            images: images (B, C, H, W) as a float tensor in [-1, 1] (any values, not only the 8-bit grid), or
+                the 8-bit forms `log_likelihood` takes (uint8 tensors and arrays, PIL images).
+            num_inference_steps: steps τ_1 < ... < τ_N of `scheduler.set_timesteps` (1..num_train_timesteps).
+
+        Returns:
+            The noise x_{τ_N}, float64 (B, C, H, W) on the execution device.
+        """
+        x = self._as_model_images(images, on_8bit_grid=False).to(self._execution_device, torch.float64)
+        timesteps = self._ode_timesteps(x.shape[0], num_inference_steps).flip(0).tolist()
+        for level, t in zip([None, *timesteps[:-1]], timesteps, strict=True):
+            x = self._ddim_transfer(x, t, level, t)
+        return x
+
+    @torch.no_grad()
+    def decode(self, noise: torch.Tensor, num_inference_steps: int = 50) -> torch.Tensor:
+        """Map noise to images along the probability-flow ODE: the deterministic DDIM sampler (η = 0), unclipped.
+
+        Step k moves x from τ_k to τ_{k-1} (the last one to the data, ᾱ = 1) with ε̂ = ε̂(x, τ_k), the same update
+        as `encode`; `decode(encode(x))` returns x up to the discretisation error.
+
+        Args:
+            noise: (B, C, H, W) float tensor, the noise at the top timestep τ_N (e.g. from `encode`, or N(0, I)).
+            num_inference_steps: steps of `scheduler.set_timesteps`, as in `encode`.
+
+        Returns:
+            Images in [-1, 1] (not clipped), float64 (B, C, H, W) on the execution device.
+        """
+        if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.ndim != 4:
+            raise ValueError("noise must be a float tensor (B, C, H, W).")
+        x = noise.to(self._execution_device, torch.float64)
+        timesteps = self._ode_timesteps(x.shape[0], num_inference_steps).tolist()
+        for t, level in zip(timesteps, [*timesteps[1:], None], strict=True):
+            x = self._ddim_transfer(x, t, t, level)
+        return x
+
+    def _ode_timesteps(self, batch_size: int, num_inference_steps: int) -> torch.Tensor:
+        """The descending timesteps τ_N > ... > τ_1 of `scheduler.set_timesteps`, after checking the arguments."""
+        self._check_components()
+        self._check_scheduler_math("encode and decode")
+        self._check_sampling_arguments(batch_size, None, num_inference_steps, "pt")
+        self.scheduler.set_timesteps(num_inference_steps)
+        return self.scheduler.timesteps
+
+    def _ddim_transfer(self, x: torch.Tensor, t: int, source: int | None, target: int | None) -> torch.Tensor:
+        """x at the noise level of timestep `source` to that of `target` (None: the data, ᾱ = 1), with the network's
+        ε̂(x, t): x' = √ᾱ' x̂_0 + √(1 - ᾱ') ε̂, x̂_0 = (x - √(1 - ᾱ) ε̂) / √ᾱ (DDIM with η = 0)."""
+        output = self.unet(x.to(self.unet.dtype), t).sample.to(x.dtype)[:, : x.shape[1]]
+        epsilon = self.scheduler.convert_prediction(output, x, t, to="epsilon")
+        alpha_bar = self.scheduler.alphas_cumprod_f64.to(x.device)
+        source_alpha_bar = alpha_bar[source] if source is not None else torch.ones((), dtype=x.dtype)
+        target_alpha_bar = alpha_bar[target] if target is not None else torch.ones((), dtype=x.dtype)
+        pred_original_sample = (x - (1 - source_alpha_bar).sqrt() * epsilon) / source_alpha_bar.sqrt()
+        return target_alpha_bar.sqrt() * pred_original_sample + (1 - target_alpha_bar).sqrt() * epsilon
+
+    def _as_model_images(self, images: Any, on_8bit_grid: bool = True) -> torch.Tensor:
+        """Images as a float tensor (B, C, H, W) in [-1, 1], checked against the UNet's input shape and, unless
+        `on_8bit_grid` is False, to be 8-bit data (finite float tensors otherwise)."""
         if isinstance(images, torch.Tensor):
             if images.ndim != 4:
                 raise ValueError(f"Image tensors must have shape (B, C, H, W), got {tuple(images.shape)}.")
@@ -350,7 +423,10 @@ class DDPMPlusPipeline(DiffusionPipeline):
             raise ValueError(
                 f"The UNet takes images of shape (B, {', '.join(map(str, expected))}), got {tuple(x0.shape)}."
             )
-        check_8bit_data(x0, name="images")
+        if on_8bit_grid:
+            check_8bit_data(x0, name="images")
+        elif not torch.isfinite(x0).all():
+            raise ValueError("images contain NaN or infinite values.")
         return x0
 
     # ------------------------------------------------------------------------------------------------------------

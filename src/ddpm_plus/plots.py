@@ -1,5 +1,6 @@
 """Figures of the variational bound (eq. 5): its terms per timestep and the rate–distortion curve (Ho et al. 2020,
-sec. 4.3, Fig. 5), from a `BoundResult` (`variational_bound`) or a `BoundEstimate` (`estimate_bound`).
+sec. 4.3, Fig. 5), from a `BoundResult` (`variational_bound`) or a `BoundEstimate` (`estimate_bound`); and of the
+probability-flow ODE's likelihood along s (`ode_figure`), next to the bound's terms when they are at hand.
 
 `bound_figure_data` computes exactly what is plotted (`BoundFigureData`, numpy arrays); `bound_figure` draws it on a
 `matplotlib.figure.Figure` (no pyplot, so no global state) and `save_bound_figure` writes it to a file. matplotlib is
@@ -35,6 +36,7 @@ from PIL import Image
 from ddpm_plus.bound_estimation import BoundEstimate, PilotTerms
 from ddpm_plus.extras import import_extra
 from ddpm_plus.likelihood import BoundResult
+from ddpm_plus.probability_flow import BIN_WIDTH, ODELikelihoodResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -208,7 +210,11 @@ def save_bound_figure(
 ) -> Path:
     """Write `bound_figure(result, pilot=pilot, model_name=model_name)` to `path` (the format from its suffix, e.g.
     PNG, at FIGURE_DPI; missing folders are created); returns the path."""
-    figure = bound_figure(result, pilot=pilot, model_name=model_name)
+    return _save(bound_figure(result, pilot=pilot, model_name=model_name), path)
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    """Write a figure (format from the suffix, at its dpi), creating missing folders; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -298,3 +304,85 @@ def _label(axes: Axes, title: str, x_label: str, y_label: str, *, legend_locatio
     axes.tick_params(labelsize=TICK_SIZE)
     axes.grid(alpha=0.3)
     axes.legend(loc=legend_location, fontsize=TICK_SIZE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The probability-flow ODE along s
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ODEFigureData:
+    """What `ode_figure` plots: float64 numpy arrays over the integer timesteps, means over the images.
+
+    Attributes:
+        step_bpd: (T-1,) the ODE's log-density change from t-1 to t, t = 1..T-1, in bits/dim: path[t] - path[t-1]
+            of `ODELikelihoodResult.path_bpd` (its sign is the flow's: negative where it expands volume).
+        rate_bpd: (T,) the bits/dim from the prior down to x_t: prior + path[T-1] - path[t]; at t = 0 the
+            continuous code length of the dequantized image (the total less log₂(255/2)).
+        total_bpd: the mean ODE bits/dim.
+        bound_terms_bpd: (T-1,) the bound's KL terms at t = 1..T-1, or None without a bound.
+        bound_rate_bpd: (T,) the bound's rate (`BoundResult.rate_bpd`), or None.
+        bound_total_bpd: the mean bound, or None.
+    """
+
+    step_bpd: np.ndarray
+    rate_bpd: np.ndarray
+    total_bpd: float
+    bound_terms_bpd: np.ndarray | None
+    bound_rate_bpd: np.ndarray | None
+    bound_total_bpd: float | None
+
+
+def ode_figure_data(result: ODELikelihoodResult, bound: BoundResult | None = None) -> ODEFigureData:
+    """The arrays of `ode_figure` (see `ODEFigureData`)."""
+    path = result.path_bpd.mean(0)
+    rate = result.prior_bpd.mean() + path[-1] - path
+    return ODEFigureData(
+        step_bpd=path.diff().numpy(),
+        rate_bpd=rate.numpy(),
+        total_bpd=result.mean_bpd,
+        bound_terms_bpd=None if bound is None else bound.terms_bpd[:, 1:].mean(0).numpy(),
+        bound_rate_bpd=None if bound is None else bound.rate_bpd().mean(0).numpy(),
+        bound_total_bpd=None if bound is None else bound.total_bpd.mean().item(),
+    )
+
+
+def ode_figure(
+    result: ODELikelihoodResult, *, bound: BoundResult | None = None, model_name: str | None = None
+) -> Figure:
+    """Two panels on a new `matplotlib.figure.Figure`: (a) the ODE's log-density change per unit of s, with the
+    bound's KL terms per timestep when `bound` (a `variational_bound` of the same images) is given; (b) the bits/dim
+    from the prior down to each timestep, the ODE's and the bound's rate."""
+    import_extra("matplotlib", "plot")
+    from matplotlib.figure import Figure
+
+    data = ode_figure_data(result, bound)
+    figure = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI, layout="tight")
+    step_axes, rate_axes = figure.subplots(1, 2)
+    timesteps = np.arange(len(data.rate_bpd))
+    step_axes.plot(timesteps[1:], data.step_bpd, color="C1", label="ODE: log-density change per unit s")
+    rate_axes.plot(timesteps, data.rate_bpd, color="C1", label=f"ODE: {data.total_bpd:.4f} bits/dim")
+    if data.bound_terms_bpd is not None:
+        step_axes.plot(timesteps[1:], data.bound_terms_bpd, color="C0", label="bound: KL term per timestep")
+        rate_axes.plot(timesteps, data.bound_rate_bpd, color="C0", label=f"bound: {data.bound_total_bpd:.4f} bits/dim")
+    step_axes.set_yscale("symlog", linthresh=1e-4)
+    _label(step_axes, "(a) bits/dim per timestep", "timestep s", "bits/dim", legend_location="upper right")
+    _label(rate_axes, "(b) bits/dim from the prior down to s", "timestep s", "bits/dim", legend_location="lower left")
+    figure.suptitle(
+        f"{model_name or 'probability-flow ODE'}: {data.total_bpd:.4f} bits/dim "
+        f"(ODE, +log₂(255/2) = {math.log2(1 / BIN_WIDTH):.3f} for the 8-bit bins)",
+        fontsize=TITLE_SIZE,
+    )
+    return figure
+
+
+def save_ode_figure(
+    result: ODELikelihoodResult,
+    path: str | os.PathLike,
+    *,
+    bound: BoundResult | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """Write `ode_figure(result, bound=bound, model_name=model_name)` to `path`; returns the path."""
+    return _save(ode_figure(result, bound=bound, model_name=model_name), path)
