@@ -282,16 +282,23 @@ def test_latest_checkpoint_ignores_temporary_and_incomplete_directories(tmp_path
 # --------------------------------------------------------------------------------------------- whole runs
 
 
-def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_path):
+def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_path, capsys, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
     from ddpm_plus.plots import FIGURE_DPI, FIGURE_SIZE
 
+    caplog.set_level(logging.INFO)
     out = tmp_path / "run"
     args = ["--model_config", "digits-16", "--max_train_steps", "3", "--checkpointing_steps", "3"]
     args += ["--bpd_steps", "2", "--report_to", "tensorboard"]  # a held-out evaluation before the final one
     assert run_main(out, *args, "--ema_max_decay", "0.9", "--num_inference_steps", "5") == 0
+    # each evaluation phase says what it does, shows its progress, and the held-out bits/dim is printed with its step
+    assert "step 3: sampling the grid (4 images, 5 steps)" in caplog.text
+    assert "step 2: held-out bits/dim of 8 images" in caplog.text and "step 3: held-out bits/dim of 8" in caplog.text
+    assert re.search(r"step 2: held-out \d+\.\d{4} ± \d+\.\d{4} bits/dim", caplog.text)
+    bars = capsys.readouterr().err
+    assert "step 3: sample grid" in bars and "bits/dim" in bars
 
     pipeline = DDPMPlusPipeline.from_pretrained(out)
     assert pipeline.unet.config.in_channels == 1 and pipeline.unet.config.sample_size == 16

@@ -27,10 +27,13 @@ MIN_GRID_SIDE = 256  # sample grids of small images are enlarged (nearest neighb
 PILOT_IMAGES = 16  # held-out images whose terms on the pilot timesteps set the strata of the bits/dim estimator
 
 
-def evaluation_pipeline(unet: UNet2DModel, noise_scheduler: DDPMPlusScheduler) -> DDPMPlusPipeline:
-    """The pipeline of `unet` with a copy of the training scheduler, without progress bars."""
+def evaluation_pipeline(
+    unet: UNet2DModel, noise_scheduler: DDPMPlusScheduler, progress: str | None = None
+) -> DDPMPlusPipeline:
+    """The pipeline of `unet` with a copy of the training scheduler; its sampling shows a progress bar described by
+    `progress` (none when None)."""
     pipeline = DDPMPlusPipeline(unet=unet, scheduler=DDPMPlusScheduler.from_config(noise_scheduler.config))
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline.set_progress_bar_config(disable=progress is None, desc=progress, leave=False)
     return pipeline
 
 
@@ -57,10 +60,12 @@ def heldout_bpd(
     samples_per_stratum: int,
     max_batch_size: int,
     seed: int,
+    progress: bool = False,
 ) -> tuple[BoundEstimate, PilotTerms]:
     """Unbiased estimate of the held-out bits/dim (eq. 5), stratified over timesteps with the profile of a pilot
-    measurement on the first PILOT_IMAGES images; returns the estimate and the pilot measurement."""
-    common = {"max_batch_size": max_batch_size, "progress": False}
+    measurement on the first PILOT_IMAGES images; returns the estimate and the pilot measurement (with progress
+    bars when `progress`)."""
+    common = {"max_batch_size": max_batch_size, "progress": progress}
     pilot = pilot_terms(
         unet, images[:PILOT_IMAGES], noise_scheduler, generator=torch.Generator().manual_seed(seed), **common
     )

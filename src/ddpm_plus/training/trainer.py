@@ -282,16 +282,27 @@ class Trainer:
 
     def _sample_grid(self, unet: UNet2DModel) -> Image.Image:
         args = self.args
+        steps = inference_steps(args)
+        log_on_main_process(
+            __name__,
+            logging.INFO,
+            f"step {self.global_step}: sampling the grid ({args.num_grid_images} images, {steps} steps)",
+        )
         return sample_grid(
-            self.pipeline(unet),
+            evaluation_pipeline(unet, self.setup.noise_scheduler, progress=f"step {self.global_step}: sample grid"),
             num_images=args.num_grid_images,
-            num_inference_steps=inference_steps(args),
+            num_inference_steps=steps,
             seed=args.seed,
             device=self.accelerator.device,
         )
 
     def _heldout_bpd(self, unet: UNet2DModel) -> tuple[BoundEstimate, PilotTerms]:
         args = self.args
+        log_on_main_process(
+            __name__,
+            logging.INFO,
+            f"step {self.global_step}: held-out bits/dim of {len(self.setup.eval_images)} images",
+        )
         return heldout_bpd(
             unet,
             self.setup.eval_images.to(self.accelerator.device),
@@ -300,6 +311,7 @@ class Trainer:
             samples_per_stratum=args.bpd_samples_per_stratum,
             max_batch_size=args.eval_batch_size,
             seed=args.seed,
+            progress=True,
         )
 
     def _save_grid(self, grid: Image.Image, final: bool) -> Path:
