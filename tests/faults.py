@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers.launch import REPO, cpu_environment
-
-TRAIN_SCRIPT = REPO / "train_scripts" / "train.py"
+from helpers.launch import cpu_environment
+from helpers.train_with_faults import TRAIN_SCRIPT
 
 
 def tree_hashes(*roots: Path) -> dict[str, str]:

@@ -18,6 +18,7 @@ from pipeline_fixtures import ddpm_unet
 from ddpm_plus import DDPMPlusScheduler, cli
 from ddpm_plus.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("torch", "diffusers", "numpy", "matplotlib")
 
 _IMPORTS_AFTER_SCRIPT = """
@@ -27,9 +28,9 @@ import sys
 
 results = {{}}
 for argv in {argvs!r}:
-    sys.argv = ["ddpm-plus", *argv]
+    sys.argv = ["{program}", *argv]
     try:
-        runpy.run_module("ddpm_plus.cli", run_name="__main__")
+        {run}
     except SystemExit as exit:
         results[" ".join(argv)] = exit.code
 print(json.dumps({{"exit_codes": results, "heavy": [name for name in {heavy!r} if name in sys.modules]}}))
@@ -50,13 +51,36 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers(tmp_path: P
         ["sample", "--model", "m", "--out", str(tmp_path / "grid.png"), "--dtype", "float16", "--device", "cpu"],
     ]
     (tmp_path / "file.txt").write_text("a file, not a directory")
-    script = _IMPORTS_AFTER_SCRIPT.format(argvs=argvs, heavy=HEAVY_MODULES)
+    result = run_without_heavy_imports(
+        argvs, program="ddpm-plus", run='runpy.run_module("ddpm_plus.cli", run_name="__main__")'
+    )
+    assert result["heavy"] == [], result["stderr"]
+    assert list(result["exit_codes"].values()) == [0, 0, 0, 2, 2, 2, 2, 0, 2, 2]
+    assert "--batch-size must be positive" in result["stderr"] and "Traceback" not in result["stderr"]
+    assert "--dtype float16 needs a GPU" in result["stderr"]
+
+
+def test_the_training_scripts_help_and_malformed_flags_import_neither_torch_nor_diffusers() -> None:
+    script = REPO / "train_scripts" / "train.py"
+    argvs = [["--help"], ["--output_dir", "x", "--loss", "nonsense"], ["--output_dir", "x", "--seed", "one"]]
+    result = run_without_heavy_imports(
+        argvs, program=str(script), run=f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    assert set(result["heavy"]) <= {"numpy"}, result["stderr"]
+    assert list(result["exit_codes"].values()) == [0, 2, 2]
+    assert "invalid choice: 'nonsense'" in result["stderr"] and "invalid int value: 'one'" in result["stderr"]
+    for option in ("--lr_scheduler", "--timestep_sampler", "--variance_type", "--model_config"):
+        assert option in result["stdout"]
+    assert "cosine_with_restarts" in result["stdout"] and "loss-second-moment" in result["stdout"]
+
+
+def run_without_heavy_imports(argvs: list[list[str]], *, program: str, run: str) -> dict:
+    """Run `run` (a statement) once per argv in one fresh interpreter: the exit codes, the output, and which of
+    HEAVY_MODULES were imported by the end."""
+    script = _IMPORTS_AFTER_SCRIPT.format(argvs=argvs, heavy=HEAVY_MODULES, program=program, run=run)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["heavy"] == [], result.stderr
-    assert list(report["exit_codes"].values()) == [0, 0, 0, 2, 2, 2, 2, 0, 2, 2]
-    assert "--batch-size must be positive" in result.stderr and "Traceback" not in result.stderr
-    assert "--dtype float16 needs a GPU" in result.stderr
+    *output, report = result.stdout.strip().splitlines()
+    return {**json.loads(report), "stdout": "\n".join(output), "stderr": result.stderr}
 
 
 _PACKAGE_SCRIPT = """

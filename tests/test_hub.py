@@ -15,7 +15,7 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from fresh_process import BLOCK_DDPM_PLUS, fresh_process
-from huggingface_hub import HfApi, ModelCard, RepoUrl
+from huggingface_hub import ModelCard
 from pipeline_fixtures import SCHEDULER_CONFIG, generators, random_uint8_images, tiny_unet
 
 import ddpm_plus
@@ -635,29 +635,6 @@ def test_model_card_needs_a_saved_pipeline(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 # push_to_hub, intercepted at huggingface_hub's API boundary
 # ------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def hub_calls(monkeypatch) -> dict:
-    """Record create_repo and the files upload_folder would send; no request leaves the process."""
-    calls: dict = {"create_repo": [], "uploads": []}
-
-    def create_repo(self, repo_id, *, private=False, exist_ok=False, **kwargs):
-        calls["create_repo"].append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "token": self.token})
-        full_id = repo_id if "/" in repo_id else f"me/{repo_id}"  # the Hub puts bare names in the token's namespace
-        return RepoUrl(f"https://huggingface.co/{full_id}")
-
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, create_pr=None, **kwargs):
-        folder = Path(folder_path)
-        files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-        calls["uploads"].append(
-            {"repo_id": repo_id, "files": files, "message": commit_message, "pr": create_pr, "token": self.token}
-        )
-        return "commit-info"
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return calls
 
 
 def assert_token_nowhere(texts: list[str], files: dict[str, bytes]) -> None:

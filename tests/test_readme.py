@@ -1,12 +1,12 @@
 """The README opens with the two commands, CI runs the second, every example it shows runs, and its links resolve."""
 
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DModel
+from markdown_blocks import fenced_blocks, shown_commands
 
 from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 
@@ -16,26 +16,15 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 MAX_README_LINES = 250
 
 
-def fenced_blocks(text: str, language: str) -> list[str]:
-    return [block.strip() for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)]
-
-
 def readme_commands() -> list[str]:
     """The first two fenced bash blocks of the README, each one line."""
     return fenced_blocks(README, "bash")[:2]
 
 
-def shown_commands(*programs: str) -> list[list[str]]:
-    """The arguments of every README command that runs one of `programs` (a command, `-m` module or script path),
-    continuation lines joined, comments dropped."""
-    commands = []
-    for block in fenced_blocks(README, "bash")[2:]:
-        for line in block.replace("\\\n", " ").splitlines():
-            words = shlex.split(line, comments=True)
-            for program in programs:
-                if program in words:
-                    commands.append(words[words.index(program) + 1 :])
-    return commands
+def readme_shown_commands(*programs: str) -> list[list[str]]:
+    """The arguments of every README command after the first two that runs one of `programs`."""
+    blocks = fenced_blocks(README, "bash")[2:]
+    return [arguments for program in programs for arguments in shown_commands(blocks, program)]
 
 
 def test_readme_opens_with_the_two_commands():
@@ -124,12 +113,12 @@ def test_readme_cli_commands_parse():
     from ddpm_plus.cli import build_parser
     from ddpm_plus.training import parse_args
 
-    commands = shown_commands("ddpm-plus", "ddpm_plus.cli")
+    commands = readme_shown_commands("ddpm-plus", "ddpm_plus.cli")
     assert len(commands) >= 6 and any("fid" in arguments for arguments in commands)
     for arguments in commands:
         parsed = build_parser().parse_args(arguments)
         assert parsed.command == arguments[0]
-    training = shown_commands("train_scripts/train.py")
+    training = readme_shown_commands("train_scripts/train.py")
     assert any("--eval_fid_every" in arguments for arguments in training)
     for arguments in training:
         assert parse_args(arguments).output_dir

@@ -30,9 +30,13 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ddpm_plus.training.arguments import parse_args
+
+if __name__ == "__main__":  # --help and malformed flags answer before torch, accelerate and diffusers load
+    COMMAND_LINE = parse_args(description=__doc__)
 
 import torch
 from accelerate import Accelerator
@@ -63,7 +67,6 @@ from ddpm_plus.training import (
     explained_write_errors,
     hub_repo_id,
     inference_steps,
-    parse_args,
     prepare_output_dir,
     prepare_run,
     prepare_training_fid,
@@ -288,10 +291,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     """The command line: `main`, with a user error or an explained failure (divergence, a full disk, a corrupt
     checkpoint) printed as one line on stderr and exit code 2; unexpected errors keep their traceback."""
-    args = parse_args(argv, description=__doc__)
     try:
         return main(args)
     except (ValueError, TrainingError) as error:
@@ -302,4 +304,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run())
+    raise SystemExit(run(COMMAND_LINE))

@@ -7,6 +7,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from ddpm_plus.extras import exports_on_first_use
+
 __version__ = "0.1.0"
 
 _LAZY_LOAD_LOCK = threading.RLock()
@@ -90,12 +92,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ddpm_plus' has no attribute {name!r}")
-    module = importlib.import_module(f"ddpm_plus.{_EXPORTS[name]}")
-    return getattr(module, name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = exports_on_first_use(__name__, _EXPORTS)

@@ -26,24 +26,20 @@ Small models (same conventions, sized for CPU):
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from diffusers import UNet2DModel
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
 
-# UNet2DModel's constructor arguments and their defaults: every configuration lists all of them.
-_DEFAULTS: dict[str, Any] = {
-    name: parameter.default
-    for name, parameter in inspect.signature(UNet2DModel.__init__).parameters.items()
-    if name != "self"
-}
-
-# The conventions of the DDPM TensorFlow network, shared by every named configuration.
+# The conventions of the DDPM TensorFlow network, shared by every named configuration. A configuration lists the
+# arguments it sets; `unet_config` completes it with UNet2DModel's defaults (diffusers is imported on first use, so
+# the training script's `--help` lists the names at once).
 _DDPM_CONVENTIONS: dict[str, Any] = {
-    **_DEFAULTS,
     "center_input_sample": False,
     "time_embedding_type": "positional",
     "flip_sin_to_cos": False,
@@ -122,6 +118,15 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 _CONFIGS["iddpm-cifar10"] = {**_CONFIGS["ddpm-cifar10"], "out_channels": 6}
 
 
+@functools.cache
+def unet_defaults() -> dict[str, Any]:
+    """UNet2DModel's constructor arguments and their defaults."""
+    from diffusers import UNet2DModel
+
+    parameters = inspect.signature(UNet2DModel.__init__).parameters.items()
+    return {name: parameter.default for name, parameter in parameters if name != "self"}
+
+
 def available_configs() -> list[str]:
     """Return the names of the built-in configurations, sorted."""
     return sorted(_CONFIGS)
@@ -169,6 +174,8 @@ def unet_config(name_or_path: str | Path, *, learn_sigma: bool = False, **overri
 
 def build_unet(name_or_path: str | Path, *, learn_sigma: bool = False, **overrides: Any) -> UNet2DModel:
     """Build a freshly initialised ``UNet2DModel`` from :func:`unet_config` (same arguments)."""
+    from diffusers import UNet2DModel
+
     return UNet2DModel.from_config(unet_config(name_or_path, learn_sigma=learn_sigma, **overrides))
 
 
@@ -185,7 +192,7 @@ def save_unet_config(
 def _base_config(name_or_path: str | Path) -> dict[str, Any]:
     """Copy of a named configuration, or the configuration read from a JSON file."""
     if str(name_or_path) in _CONFIGS:
-        return dict(_CONFIGS[str(name_or_path)])
+        return {**unet_defaults(), **_CONFIGS[str(name_or_path)]}
     path = Path(name_or_path)
     if path.suffix == ".json" or path.is_file():
         return _read_json_config(path)
@@ -211,16 +218,16 @@ def _read_json_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"UNet config file {path} must hold a JSON object, not {type(raw).__name__}.")
     config = {key: value for key, value in raw.items() if not key.startswith("_")}
     _check_keys(config, source=f"key in {path}")
-    return _tuples_for_lists({**_DEFAULTS, **config})
+    return _tuples_for_lists({**unet_defaults(), **config})
 
 
 def _check_keys(config: Mapping[str, Any], *, source: str) -> None:
     """Raise a ValueError naming the keys that ``UNet2DModel`` does not accept."""
-    unknown = sorted(set(config) - set(_DEFAULTS))
+    unknown = sorted(set(config) - set(unet_defaults()))
     if unknown:
         raise ValueError(
             f"UNet2DModel does not accept the {source}(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(sorted(_DEFAULTS))}."
+            f"accepted: {', '.join(sorted(unet_defaults()))}."
         )
 
 

@@ -10,16 +10,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffusers.optimization import SchedulerType
 from huggingface_hub import get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ddpm_plus.cli import HelpFormatter, check_extra_installed, check_output_directory, check_output_file
-from ddpm_plus.extras import import_extra
+from ddpm_plus.extras import import_extra, source_constants
 from ddpm_plus.models import available_configs
-from ddpm_plus.scheduling_ddpm_plus import BETA_SCHEDULES, LOSS_TYPES, PREDICTION_TYPES, VARIANCE_TYPES
-from ddpm_plus.timestep_samplers import TIMESTEP_SAMPLERS
 from ddpm_plus.utils import public_settings
+
+# The choices of modules that import torch and diffusers, read from their source: `--help` answers at once.
+_SCHEDULER = source_constants("ddpm_plus.scheduling_ddpm_plus")
+BETA_SCHEDULES, LOSS_TYPES = _SCHEDULER["BETA_SCHEDULES"], _SCHEDULER["LOSS_TYPES"]
+PREDICTION_TYPES, VARIANCE_TYPES = _SCHEDULER["PREDICTION_TYPES"], _SCHEDULER["VARIANCE_TYPES"]
+TIMESTEP_SAMPLERS = source_constants("ddpm_plus.timestep_samplers")["TIMESTEP_SAMPLERS"]
 
 DEFAULT_MAX_TRAIN_STEPS = 2000
 """Optimizer steps when neither --max_train_steps nor --num_epochs is given (the digits demo's budget)."""
@@ -27,7 +30,11 @@ DEFAULT_INFERENCE_STEPS = 250
 """Sampling steps of the sample grids unless given: the respaced chain keeps grids cheap during training."""
 
 # diffusers' schedules, less those that need settings this script does not take (piecewise_constant's step rules).
-LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType if kind is not SchedulerType.PIECEWISE_CONSTANT)
+LR_SCHEDULERS = tuple(
+    name
+    for name in source_constants("diffusers.optimization", "SchedulerType").values()
+    if name != "piecewise_constant"
+)
 MIN_TRAIN_TIMESTEPS = 2
 """The held-out bits/dim needs the decoder term (t = 0) and at least one KL term; T = 1 would fail after training."""
 # What a run writes into --output_dir besides its checkpoints: checked before the first step.
