@@ -8,6 +8,7 @@ starts with exactly those. A block that needs the Hub says so in its first line;
 recorded instead of sent (as in tests/test_hub.py).
 """
 
+import ast
 import gzip
 import json
 import re
@@ -107,6 +108,31 @@ def test_python_blocks_run_as_written(page, folder, monkeypatch, hub_calls):
         exec(compile(block, page.name, "exec"), namespace)  # noqa: S102 - the page's own examples
     hub_blocks = [block for block in blocks if block.startswith(NEEDS_THE_HUB)]
     assert len(hub_calls["uploads"]) == len(hub_blocks)  # each upload was one marked block
+
+
+def imported_names(tree: ast.AST) -> set[str]:
+    return {
+        (alias.asname or alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+
+
+def used_names(tree: ast.AST) -> set[str]:
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=lambda page: page.name)
+def test_each_block_imports_what_it_uses(page):
+    """A block copied alone needs only the page's data (`pipe`, results of earlier blocks), never an import that an
+    earlier block made."""
+    earlier_imports: set[str] = set()
+    for block in python_blocks(page):
+        tree = ast.parse(block)
+        missing = (used_names(tree) & earlier_imports) - imported_names(tree)
+        assert not missing, f"{page.name}: a block uses {sorted(missing)} without importing them:\n{block}"
+        earlier_imports |= imported_names(tree)
 
 
 def test_the_converting_example_converts_the_released_checkpoint_it_names(folder):
