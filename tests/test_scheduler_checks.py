@@ -23,11 +23,22 @@ from ddpm_plus import DDPMPlusScheduler
         ({"trained_betas": [0.1, -0.2, 0.0], "num_train_timesteps": 3}, r"trained_betas\[1\] = -0.2 \(2 value"),
         ({"trained_betas": [0.1, 0.2], "num_train_timesteps": 3}, r"one beta per timestep \(3 .*got shape \(2,\)"),
         ({"num_train_timesteps": 0}, "num_train_timesteps must be a positive integer, got 0"),
+        ({"clip_sample_range": 0.0}, r"clip_sample_range must be positive, got 0.0"),
+        ({"clip_sample_range": -1.0, "clip_sample": False}, r"clip_sample_range must be positive, got -1.0"),
+        ({"sample_max_value": float("nan")}, r"sample_max_value must be positive, got nan"),
+        ({"dynamic_thresholding_ratio": 1.5}, r"dynamic_thresholding_ratio must lie in \(0, 1\], got 1.5"),
     ],
 )
 def test_invalid_schedules_are_refused_naming_the_settings(config, message):
     with pytest.raises(ValueError, match=message):
         DDPMPlusScheduler(**config)
+
+
+def test_diffusers_collapses_every_prediction_to_zero_with_a_zero_clip_range():
+    """What the clip-range refusal prevents: diffusers clips x̂_0 to [0, 0] silently."""
+    sample = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    output = DDPMScheduler(clip_sample_range=0.0).step(sample, 10, sample, generator=torch.Generator().manual_seed(1))
+    assert torch.count_nonzero(output.pred_original_sample) == 0
 
 
 @pytest.mark.parametrize(

@@ -459,8 +459,8 @@ def test_two_cpu_processes_train_one_synchronised_model_on_disjoint_shards(tmp_p
         (["--num_train_timesteps", "1"], "--num_train_timesteps must be at least 2"),
         (["--skip_nonfinite_steps", "-1"], "--skip_nonfinite_steps must not be negative"),
         (["--eval_fid_every", "-1"], "--eval_fid_every must not be negative"),
-        (["--fid_num_samples", "1"], "--fid_num_samples must be at least 2"),
-        (["--fid_num_reference", "1"], "--fid_num_reference must be at least 2"),
+        (["--eval_fid_every", "5", "--fid_num_samples", "1"], "--fid_num_samples must be at least 2"),
+        (["--eval_fid_every", "5", "--fid_num_reference", "1"], "--fid_num_reference must be at least 2"),
         (["--output_dir", "HAS_FID_DIR"], "fid.json is a directory"),
         (["--output_dir", "FILE"], "exists and is not a directory"),
         (["--output_dir", "FILE/out"], "is not a directory"),
@@ -567,7 +567,7 @@ def test_switching_to_fp16_needs_the_loss_scaler_state(tmp_path):
 
 def test_resume_honours_a_new_learning_rate_and_optimizer_and_ema_settings(tmp_path, caplog):
     out = tmp_path / "run"
-    common = ["--lr_scheduler", "constant", "--checkpointing_steps", "1"]
+    common = ["--lr_scheduler", "constant_with_warmup", "--checkpointing_steps", "1"]
     assert run_main(out, *common, "--max_train_steps", "1", "--learning_rate", "1e-3") == 0
     changed = ["--learning_rate", "5e-3", "--adam_weight_decay", "0.01", "--adam_beta2", "0.99"]
     changed += ["--ema_max_decay", "0.5", "--ema_power", "0.5"]

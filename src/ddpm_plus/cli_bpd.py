@@ -29,6 +29,7 @@ from ddpm_plus.cli import SAMPLES_PER_STRATUM, method_settings
 from ddpm_plus.likelihood import BoundResult, variational_bound
 from ddpm_plus.pipeline_ddpm_plus import image_size
 from ddpm_plus.probability_flow import ODELikelihoodResult, check_flow_model, ode_likelihood
+from ddpm_plus.resources import FLOAT32_BYTES, check_memory, first_level_channels, images_bytes, network_batch_bytes
 from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, default_device, launched_processes, map_chunks
 from ddpm_plus.utils import derived_seed, write_json
 
@@ -45,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.method == "ode":
             check_flow_model(unet, scheduler)
-        images = load_images(args.data, args.split, unet.config, args.max_images)
+        dataset, count = open_images(args.data, args.split, unet.config, args.max_images)
+        check_request(unet.config, scheduler.config.num_train_timesteps, count, args, processes.device(args.device))
+        images = torch.stack([dataset[index] for index in range(count)])
         store = (
             None
             if args.output is None
@@ -128,6 +131,12 @@ def load_components(directory: Path, device: torch.device) -> tuple[Any, Any]:
 
 def load_images(source: str, split: str, unet_config: Any, max_images: int | None) -> torch.Tensor:
     """The data set's images (N, C, H, W) at the UNet's (square) size, as float32 on the 8-bit grid."""
+    dataset, count = open_images(source, split, unet_config, max_images)
+    return torch.stack([dataset[index] for index in range(count)])
+
+
+def open_images(source: str, split: str, unet_config: Any, max_images: int | None) -> tuple[Any, int]:
+    """The data set at the UNet's (square) size, and how many of its images are evaluated."""
     from ddpm_plus.data import load_image_dataset
 
     height, width = image_size(unet_config.sample_size)
@@ -140,7 +149,22 @@ def load_images(source: str, split: str, unet_config: Any, max_images: int | Non
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count == 0:
         raise ValueError(f"the data set {source!r} (split {split!r}) holds no images.")
-    return torch.stack([dataset[index] for index in range(count)])
+    return dataset, count
+
+
+def check_request(
+    unet_config: Any, num_train_timesteps: int, count: int, args: argparse.Namespace, device: Any
+) -> None:
+    """Refuse, before any image is read, an evaluation whose images, per-image results and network batch cannot fit
+    in memory at once: the images as float32, the exact bound's two (N, T) float64 tables (terms and distortions),
+    and one network call's first activation."""
+    height, width = image_size(unet_config.sample_size)
+    images = images_bytes(count, unet_config.in_channels, height, width, FLOAT32_BYTES)
+    tables = 2 * count * num_train_timesteps * 8 if args.method == "bound" and args.num_timesteps == "full" else 0
+    batch = network_batch_bytes(args.batch_size, first_level_channels(unet_config), height, width, FLOAT32_BYTES)
+    check_memory(
+        images + tables + batch, f"{count} images at {height}x{width} with --batch-size {args.batch_size}", device
+    )
 
 
 def image_generators(seed: int, indices: range) -> list[torch.Generator]:

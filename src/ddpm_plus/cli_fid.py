@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from ddpm_plus.fid import (
+    INCEPTION,
+    INCEPTION_VALUES_PER_IMAGE,
     FeatureStatistics,
     extractor_fingerprint,
     is_statistics_file,
@@ -29,7 +31,8 @@ from ddpm_plus.fid import (
     read_cached_statistics,
     sharded_features,
 )
-from ddpm_plus.image_sources import ImageSet, Shape, describe_shape, open_images
+from ddpm_plus.image_sources import ArchiveImages, ImageSet, Shape, describe_shape, open_images
+from ddpm_plus.resources import FLOAT32_BYTES, check_memory, images_bytes
 from ddpm_plus.sharding import Processes, default_device, launched_processes
 from ddpm_plus.utils import write_json
 
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     shape = common_shape(samples, reference)
     for side, option in ((samples, "--samples"), (reference, "--reference")):
         prepare_side(side, shape, option)
+    check_request(samples, reference, shape, args.feature_extractor)
     with launched_processes(cpu=args.device == "cpu", num_threads=args.num_threads) as processes:
         extractor = load_feature_extractor(args.feature_extractor, args.feature_extractor_weights)
         extractor = extractor.to(processes.device(args.device)).eval()
@@ -98,6 +102,17 @@ def prepare_side(side: Side, shape: Shape, option: str) -> None:
         raise ValueError(
             f"{option} holds {side.count} image; the covariance of the features needs at least {MIN_IMAGES}."
         )
+
+
+def check_request(samples: Side, reference: Side, shape: Shape, feature_extractor: str) -> None:
+    """Refuse, before any feature is computed, sides whose features (gathered on the CPU: Inception's pool features
+    and logits, at least one value per image for other extractors) and archived images cannot fit in memory."""
+    images = [side for side in (samples, reference) if not isinstance(side, FeatureStatistics)]
+    count = sum(side.count for side in images)
+    archived = sum(side.count for side in images if isinstance(side, ArchiveImages))
+    values = INCEPTION_VALUES_PER_IMAGE if feature_extractor == INCEPTION else 1
+    needed = count * values * FLOAT32_BYTES + images_bytes(archived, shape[2], shape[0], shape[1])
+    check_memory(needed, f"the features of {count} images", "cpu")
 
 
 # --------------------------------------------------------------------------------------------- statistics

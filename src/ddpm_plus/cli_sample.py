@@ -21,6 +21,7 @@ import argparse
 import importlib.metadata
 import json
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 
 from ddpm_plus.data import UNREADABLE_IMAGE_ERRORS, make_grid
+from ddpm_plus.resources import check_disk, check_memory, first_level_channels, images_bytes, network_batch_bytes
 from ddpm_plus.sharding import (
     SEEDING,
     Processes,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 MANIFEST_FILE = "manifest.json"
 GRID_IMAGES = 64
+ARCHIVE_OVERHEAD = 1024  # the zip's and the .npy's headers
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Settings that decide the pixels: a folder made with other values is not resumed.
 IMAGE_SETTINGS = (
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline = load_pipeline(args.model, args.dtype, processes.device(args.device), processes.is_main)
         steps = sampling_steps(args, pipeline)
         layout = sample_layout(directory, args.num_images, pipeline)
+        check_request(layout, args, pipeline, steps)
         manifest = build_manifest(args, pipeline, steps)
         check_resumable(directory, manifest)
         if processes.is_main:
@@ -168,6 +172,30 @@ def sample_layout(directory: Path, count: int, pipeline: DDPMPlusPipeline) -> Sa
     if channels not in (1, 3):
         raise ValueError(f"the model makes images of {channels} channels; PNG files here hold 1 (grey) or 3 (RGB).")
     return SampleLayout(directory, count, height, width, channels)
+
+
+def check_request(layout: SampleLayout, args: argparse.Namespace, pipeline: DDPMPlusPipeline, steps: int) -> str:
+    """Refuse, before any image is made, a run whose archive cannot fit on the disk or whose network batch cannot
+    fit in memory; return a line with its cost in network evaluations."""
+    size = f"{layout.height}x{layout.width}x{layout.channels}"
+    check_disk(
+        archive_bytes(layout), f"--num-images {layout.count} of {size} (the .npz archive alone)", layout.directory
+    )
+    batch = min(args.batch_size, layout.count)
+    activation = network_batch_bytes(
+        batch,
+        first_level_channels(pipeline.unet.config),
+        layout.height,
+        layout.width,
+        pipeline.unet.dtype.itemsize,
+    )
+    check_memory(activation, f"--batch-size {batch} at {layout.height}x{layout.width}", pipeline.device)
+    return f"{layout.count} images x {steps} steps: {layout.count * steps:,} network evaluations in batches of {batch}."
+
+
+def archive_bytes(layout: SampleLayout) -> int:
+    """The size of the `.npz` archive: the images' bytes and the headers (at most a few hundred bytes)."""
+    return images_bytes(layout.count, layout.channels, layout.height, layout.width) + ARCHIVE_OVERHEAD
 
 
 def requested_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,21 +287,34 @@ def generate_chunks(
 
 
 def write_outputs(layout: SampleLayout, grid_path: Path, nrow: int | None) -> None:
-    """Read every image back (all processes' work) into the `.npz` archive, and draw the grid of the first ones."""
-    images = read_images(layout)
-    with atomic_path(layout.archive_path) as temporary, open(temporary, "xb") as file:
-        np.savez(file, arr_0=images)
-    shown = images[:GRID_IMAGES]
+    """Stream every image (all processes' work) into the `.npz` archive, and draw the grid of the first ones."""
+    write_archive(layout)
+    shown = np.stack([read_image(layout, index) for index in range(min(GRID_IMAGES, layout.count))])
     grid = make_grid(shown, nrow=nrow or max(1, round(math.sqrt(len(shown)))))
     with atomic_path(grid_path) as temporary:
         grid.save(temporary, format="PNG")
 
 
-def read_images(layout: SampleLayout) -> np.ndarray:
-    """All images of the run as uint8 (N, H, W, C)."""
-    images = []
-    for index in range(layout.count):
-        with Image.open(layout.image_path(index)) as image:
-            images.append(np.asarray(image))
-    stacked = np.stack(images)
-    return stacked[..., None] if stacked.ndim == 3 else stacked
+def write_archive(layout: SampleLayout) -> None:
+    """`np.savez(arr_0=images)` of the uint8 (N, H, W, C) images, written one image at a time: the archive that
+    `np.load` reads, without N images in memory."""
+    header = {
+        "descr": "|u1",
+        "fortran_order": False,
+        "shape": (layout.count, layout.height, layout.width, layout.channels),
+    }
+    with (
+        atomic_path(layout.archive_path) as temporary,
+        zipfile.ZipFile(temporary, "x", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+        archive.open("arr_0.npy", "w", force_zip64=True) as member,
+    ):
+        np.lib.format.write_array_header_1_0(member, header)
+        for index in range(layout.count):
+            member.write(read_image(layout, index).tobytes())
+
+
+def read_image(layout: SampleLayout, index: int) -> np.ndarray:
+    """Image `index` as uint8 (H, W, C)."""
+    with Image.open(layout.image_path(index)) as image:
+        pixels = np.asarray(image)
+    return pixels[..., None] if pixels.ndim == 2 else pixels

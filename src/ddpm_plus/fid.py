@@ -30,6 +30,7 @@ from ddpm_plus.sharding import Processes, chunks_of, map_chunks
 from ddpm_plus.utils import atomic_path
 
 INCEPTION = "inception"
+INCEPTION_VALUES_PER_IMAGE = 2048 + 1008  # pool features and unbiased logits
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's name for the TensorFlow-compatible InceptionV3
 STATISTICS_KEYS = ("mu", "sigma")
 IS_SPLITS = 10

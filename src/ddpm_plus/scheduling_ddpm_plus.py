@@ -134,6 +134,19 @@ def check_schedule_settings(
         )
 
 
+def check_clipping_settings(
+    clip_sample_range: float, sample_max_value: float, dynamic_thresholding_ratio: float
+) -> None:
+    """Raise a `ValueError` for a clipping range or threshold that no x̂_0 can meet: x̂_0 is clipped to
+    [-clip_sample_range, clip_sample_range], or thresholded at the `dynamic_thresholding_ratio` quantile of |x̂_0|
+    capped at `sample_max_value` (diffusers would collapse every prediction to 0 or NaN)."""
+    for name, value in (("clip_sample_range", clip_sample_range), ("sample_max_value", sample_max_value)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}.")
+    if not 0 < dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio}.")
+
+
 def respaced_timesteps(num_train_timesteps: int, section_counts: str) -> list[int]:
     """The timesteps kept by improved-diffusion's `timestep_respacing`, in descending order (for
     `set_timesteps(timesteps=...)`; the reverse chain then steps between consecutive kept timesteps).
@@ -360,6 +373,8 @@ class DDPMPlusScheduler(DDPMScheduler):
     * A schedule with some β_t outside (0, 1] raises `ValueError` naming the settings (`check_schedule_settings`,
       `check_betas`): beta_start > beta_end, a beta_end above 1 or a negative beta_start for the interpolated
       schedules, trained betas outside (0, 1] or not one per timestep. diffusers builds such schedules silently.
+    * A `clip_sample_range` or `sample_max_value` that is not positive, or a `dynamic_thresholding_ratio` outside
+      (0, 1], raises `ValueError` (`check_clipping_settings`); diffusers clips every x̂_0 to 0 with them.
     * `set_timesteps` with fewer than 1 step, with neither a step count nor timesteps, or with an empty or negative
       custom schedule, and `step` at a timestep outside the schedule raise `ValueError` naming the valid range
       (diffusers raises ZeroDivisionError, TypeError or IndexError, returns an empty schedule, or wraps a negative
@@ -397,6 +412,7 @@ class DDPMPlusScheduler(DDPMScheduler):
         check_schedule_settings(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_clipping_settings(clip_sample_range, sample_max_value, dynamic_thresholding_ratio)
         # The float32 sampling tables are built by DDPMScheduler itself, so they are identical to diffusers' by
         # construction (it registers the same configuration again).
         super().__init__(

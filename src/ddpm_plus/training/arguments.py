@@ -22,6 +22,7 @@ from ddpm_plus.utils import public_settings
 _SCHEDULER = source_constants("ddpm_plus.scheduling_ddpm_plus")
 BETA_SCHEDULES, LOSS_TYPES = _SCHEDULER["BETA_SCHEDULES"], _SCHEDULER["LOSS_TYPES"]
 PREDICTION_TYPES, VARIANCE_TYPES = _SCHEDULER["PREDICTION_TYPES"], _SCHEDULER["VARIANCE_TYPES"]
+INTERPOLATED_BETA_SCHEDULES = _SCHEDULER["INTERPOLATED_BETA_SCHEDULES"]
 TIMESTEP_SAMPLERS = source_constants("ddpm_plus.timestep_samplers")["TIMESTEP_SAMPLERS"]
 
 DEFAULT_MAX_TRAIN_STEPS = 2000
@@ -299,12 +300,15 @@ def parse_args(argv: Sequence[str] | None = None, *, description: str | None = N
     syntax. The values are checked later, by `check_arguments`. When fine-tuning (--pretrained_model_name_or_path)
     the model flags that were not given are None: they come from the pretrained model (`prepare_run`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(description).parse_args(argv)
+    parser = build_parser(description)
+    args = parser.parse_args(argv)
+    given = given_flags(argv)
     if args.pretrained_model_name_or_path is not None:
-        given = given_flags(argv)
         for name in PRETRAINED_MODEL_FLAGS:
             if name not in given:
                 setattr(args, name, None)
+    for message in flags_without_effect(args, given):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, as every other user error
     return args
 
 
@@ -314,6 +318,35 @@ def given_flags(argv: Sequence[str]) -> set[str]:
     for action in parser._actions:  # the same options, none with a default
         action.default, action.required = argparse.SUPPRESS, False
     return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def flags_without_effect(args: argparse.Namespace, given: set[str]) -> list[str]:
+    """A message for each flag that `given` sets but the other settings ignore: refused, so that no run records a
+    setting as if it had applied."""
+    rules = [
+        (("beta_start", "beta_end"), args.beta_schedule in (None, *INTERPOLATED_BETA_SCHEDULES),
+         f"--beta_schedule {args.beta_schedule} does not use it (only {', '.join(INTERPOLATED_BETA_SCHEDULES)} "
+         "run from beta_start to beta_end)"),
+        (("vlb_weight",), args.loss == "hybrid", f"it weights the VLB term of --loss hybrid, not --loss {args.loss}"),
+        (("snr_gamma",), args.loss in ("simple", "hybrid"),
+         f"it weights the MSE term of --loss simple or hybrid, not --loss {args.loss}"),
+        (("ema_max_decay", "ema_inv_gamma", "ema_power"), args.use_ema, "--no-use_ema keeps no EMA"),
+        (("image_column", "cache_dir"), args.dataset_name is not None,
+         f"it applies to 🤗 datasets (--dataset_name), not to {data_source(args) or 'the embedded digits'}"),
+        (("fid_num_samples", "fid_num_reference", "fid_feature_extractor", "fid_feature_extractor_weights"),
+         args.eval_fid_every > 0, "it applies with --eval_fid_every N only"),
+        (("checkpoints_total_limit",), args.checkpointing_steps > 0, "--checkpointing_steps 0 writes no checkpoints"),
+        (("hub_private_repo", "hub_token"), args.push_to_hub, "it applies with --push_to_hub only"),
+        (("lr_warmup_steps",), args.lr_scheduler != "constant", "--lr_scheduler constant has no warm-up"),
+        (("num_epochs",), args.max_train_steps is None, "--max_train_steps sets the length of the run"),
+    ]  # fmt: skip
+    return [
+        f"--{name} has no effect here: {reason}; leave it out."
+        for names, applies, reason in rules
+        if not applies
+        for name in names
+        if name in given
+    ]
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -383,6 +416,14 @@ def _check_ranges(args: argparse.Namespace) -> None:
         raise ValueError(f"--snr_gamma must be positive, got {args.snr_gamma}.")
     if not 0.0 <= args.ema_max_decay <= 1.0:
         raise ValueError(f"--ema_max_decay must lie in [0, 1], got {args.ema_max_decay}.")
+    for name in ("ema_inv_gamma", "ema_power", "adam_epsilon"):  # the EMA warm-up divides by γ; p ≤ 0 never warms up
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}.")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ValueError(f"--{name} must lie in [0, 1), got {getattr(args, name)}.")
+    if args.vlb_weight < 0:
+        raise ValueError(f"--vlb_weight must not be negative (it weights a KL term), got {args.vlb_weight}.")
 
 
 def check_output_locations(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from ddpm_plus.data import load_image_dataset
 from ddpm_plus.models import downsampling_factor, learns_sigma, unet_config
+from ddpm_plus.resources import FLOAT32_BYTES, check_memory, first_level_channels, network_batch_bytes
 from ddpm_plus.scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler
 from ddpm_plus.training.arguments import check_arguments, check_timesteps, data_source, eval_split
 from ddpm_plus.training.checkpoints import ResumeChoice, resolve_resume_checkpoint
@@ -106,6 +107,22 @@ def load_datasets(
     return train_set, torch.stack([eval_set[index] for index in range(count)])
 
 
+def check_request(args: argparse.Namespace, config: dict[str, Any], resolution: int) -> None:
+    """Refuse, before any data is read, batches whose first UNet activation cannot fit in memory: a training batch
+    holds it and its gradient, an evaluation batch and the grid (one batch) hold it once."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batches = (
+        ("--train_batch_size", args.train_batch_size, 2),
+        ("--eval_batch_size", args.eval_batch_size, 1),
+        ("--num_grid_images", args.num_grid_images, 1),
+    )
+    for option, batch_size, copies in batches:
+        activation = network_batch_bytes(
+            batch_size, first_level_channels(config), resolution, resolution, FLOAT32_BYTES
+        )
+        check_memory(copies * activation, f"{option} {batch_size} at {resolution}x{resolution}", device)
+
+
 def prepare_run(args: argparse.Namespace) -> RunSetup:
     """Resolve and check everything that can fail on bad input, before any training."""
     check_arguments(args)
@@ -117,6 +134,7 @@ def prepare_run(args: argparse.Namespace) -> RunSetup:
         config, resolution = dict(pretrained.unet_config), args.resolution
     else:
         config, resolution = resolve_unet_config(args)
+    check_request(args, config, resolution)
     noise_scheduler = build_noise_scheduler(args, config, pretrained)
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     train_set, eval_images = load_datasets(args, resolution, config["in_channels"])
