@@ -5,6 +5,7 @@ where possible (faults injected with `monkeypatch`), and as a subprocess for `ac
 for SIGKILL + resume (through `tests/helpers/train_with_faults.py`).
 """
 
+import ast
 import errno
 import importlib.util
 import json
@@ -289,7 +290,7 @@ def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_pat
     from ddpm_plus.plots import FIGURE_DPI, FIGURE_SIZE
 
     caplog.set_level(logging.INFO)
-    out = tmp_path / "run"
+    out = tmp_path / "run $x^$ \"quoted\" 'and' \\ ü"  # a name that figure titles, cards and snippets must carry
     args = ["--model_config", "digits-16", "--max_train_steps", "3", "--checkpointing_steps", "3"]
     args += ["--bpd_steps", "2", "--report_to", "tensorboard"]  # a held-out evaluation before the final one
     assert run_main(out, *args, "--ema_max_decay", "0.9", "--num_inference_steps", "5") == 0
@@ -326,7 +327,8 @@ def test_default_data_and_model_run_writes_the_ema_pipeline_grid_and_bpd(tmp_pat
     assert settings["resolution"] == "16" and settings["max_train_steps"] == "3"
     assert "![Samples from the model](samples.png)" in card and not (out / "sample_grid.png").exists()  # one grid
     snippet = re.search(r"```python\n(.*?)```", card, flags=re.DOTALL).group(1)
-    assert f'from_pretrained("{out}")' in snippet
+    loaded = re.search(r"DDPMPlusPipeline\.from_pretrained\((.*)\)\n", snippet).group(1)
+    assert ast.literal_eval(loaded) == str(out)
     namespace: dict = {}
     exec(compile(snippet, "model card snippet", "exec"), namespace)
     assert namespace["bits_per_dim"].shape == (4,) and torch.isfinite(namespace["bits_per_dim"]).all()

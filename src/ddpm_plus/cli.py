@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SAMPLE_DESCRIPTION = """\
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module; returns its exit status, or 2 with one line on stderr for a user error (a `ValueError`)."""
     args = build_parser().parse_args(argv)
     try:
+        check_text_arguments(args, lambda name: f"--{name.replace('_', '-')}")
         args.check(args)
         return importlib.import_module(args.module).run(args)
     except ValueError as error:
@@ -407,6 +408,24 @@ def check_extra_installed(module: str, extra: str, what: str) -> None:
     imported), so that `what` fails at once rather than after the work."""
     if importlib.util.find_spec(module) is None:
         raise ValueError(f"{what} needs {module}, an optional dependency: pip install 'ddpm_plus[{extra}]'")
+
+
+def check_text_arguments(args: argparse.Namespace, option: Callable[[str], str]) -> None:
+    """Raise a `ValueError` for a text or path argument that logs, manifests, model cards and figure titles could
+    not carry as given: bytes that are not UTF-8 (a file name from another system), or a control character such as
+    a line break. `option(dest)` names the flag."""
+    for name, value in vars(args).items():
+        if not isinstance(value, (str, Path)):
+            continue
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{option(name)} {os.fsencode(text)!r} is not UTF-8 text; rename it (or use a link with a UTF-8 name)."
+            ) from None
+        if any(ord(character) < 32 or ord(character) == 127 for character in text):
+            raise ValueError(f"{option(name)} {text!r} contains a control character (e.g. a line break).")
 
 
 def check_output_file(path: Path, option: str) -> None:

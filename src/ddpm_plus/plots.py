@@ -197,7 +197,7 @@ def bound_figure(
     terms_axes, rate_axes = figure.subplots(1, 2)
     _draw_terms(terms_axes, data)
     _draw_rate_distortion(rate_axes, data)
-    figure.suptitle(_title(data, model_name), fontsize=TITLE_SIZE)
+    figure.suptitle(_title(data, model_name), fontsize=TITLE_SIZE, parse_math=False)  # a name may hold "$"
     return figure
 
 
@@ -373,6 +373,7 @@ def ode_figure(
         f"{model_name or 'probability-flow ODE'}: {data.total_bpd:.4f} bits/dim "
         f"(ODE, +log₂(255/2) = {math.log2(1 / BIN_WIDTH):.3f} for the 8-bit bins)",
         fontsize=TITLE_SIZE,
+        parse_math=False,  # a name may hold "$"
     )
     return figure
 

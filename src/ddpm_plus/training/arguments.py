@@ -13,7 +13,13 @@ from typing import Any
 from huggingface_hub import get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ddpm_plus.cli import HelpFormatter, check_extra_installed, check_output_directory, check_output_file
+from ddpm_plus.cli import (
+    HelpFormatter,
+    check_extra_installed,
+    check_output_directory,
+    check_output_file,
+    check_text_arguments,
+)
 from ddpm_plus.extras import import_extra, source_constants
 from ddpm_plus.models import available_configs
 from ddpm_plus.utils import public_settings
@@ -307,6 +313,10 @@ def parse_args(argv: Sequence[str] | None = None, *, description: str | None = N
         for name in PRETRAINED_MODEL_FLAGS:
             if name not in given:
                 setattr(args, name, None)
+    try:
+        check_text_arguments(args, lambda name: f"--{name}")
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     for message in flags_without_effect(args, given):
         parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, as every other user error
     return args
