@@ -72,6 +72,10 @@ CASES = {
     "train --ema_power 0": Case("train", ("--output_dir", "OUT", "--ema_power", "0"), "--ema_power must be positive"),
     "train --ema_inv_gamma 0": Case(
         "train", ("--output_dir", "OUT", "--ema_inv_gamma", "0"), "--ema_inv_gamma must be positive"),
+    "train --max_grad_norm nan": Case(
+        "train", ("--output_dir", "OUT", "--max_grad_norm", "nan"), "--max_grad_norm must be a finite number, got nan"),
+    "bpd --atol inf": Case(
+        "ddpm-plus", ("bpd", "--model", "MODEL", "--method", "ode", "--atol", "inf"), "--atol must be a finite number"),
     "train --adam_beta2 1": Case("train", ("--output_dir", "OUT", "--adam_beta2", "1"), "must lie in [0, 1)"),
     "train --image_column with the digits": Case(
         "train", ("--output_dir", "OUT", "--image_column", "img"),

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.metadata
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -131,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module; returns its exit status, or 2 with one line on stderr for a user error (a `ValueError`)."""
     args = build_parser().parse_args(argv)
     try:
-        check_text_arguments(args, lambda name: f"--{name.replace('_', '-')}")
+        check_text_arguments(args, option_name)
+        check_finite_arguments(args, option_name)
         args.check(args)
         return importlib.import_module(args.module).run(args)
     except ValueError as error:
@@ -410,6 +412,11 @@ def check_extra_installed(module: str, extra: str, what: str) -> None:
         raise ValueError(f"{what} needs {module}, an optional dependency: pip install 'ddpm_plus[{extra}]'")
 
 
+def option_name(dest: str) -> str:
+    """The flag of an argument's destination: `num_images` → `--num-images`."""
+    return f"--{dest.replace('_', '-')}"
+
+
 def check_text_arguments(args: argparse.Namespace, option: Callable[[str], str]) -> None:
     """Raise a `ValueError` for a text or path argument that logs, manifests, model cards and figure titles could
     not carry as given: bytes that are not UTF-8 (a file name from another system), or a control character such as
@@ -426,6 +433,14 @@ def check_text_arguments(args: argparse.Namespace, option: Callable[[str], str])
             ) from None
         if any(ord(character) < 32 or ord(character) == 127 for character in text):
             raise ValueError(f"{option(name)} {text!r} contains a control character (e.g. a line break).")
+
+
+def check_finite_arguments(args: argparse.Namespace, option: Callable[[str], str]) -> None:
+    """Raise a `ValueError` for a number argument that is nan or infinite (argparse's `float` accepts "nan" and
+    "inf", and a range check such as `value < 0` lets nan through)."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{option(name)} must be a finite number, got {value}.")
 
 
 def check_output_file(path: Path, option: str) -> None:

@@ -16,6 +16,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from ddpm_plus.cli import (
     HelpFormatter,
     check_extra_installed,
+    check_finite_arguments,
     check_output_directory,
     check_output_file,
     check_text_arguments,
@@ -314,12 +315,17 @@ def parse_args(argv: Sequence[str] | None = None, *, description: str | None = N
             if name not in given:
                 setattr(args, name, None)
     try:
-        check_text_arguments(args, lambda name: f"--{name}")
+        check_text_arguments(args, flag_name)
+        check_finite_arguments(args, flag_name)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     for message in flags_without_effect(args, given):
         parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, as every other user error
     return args
+
+
+def flag_name(dest: str) -> str:
+    return f"--{dest}"
 
 
 def given_flags(argv: Sequence[str]) -> set[str]:
