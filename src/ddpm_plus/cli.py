@@ -328,7 +328,7 @@ def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument(
         "--num-threads",
-        type=_positive_int,
+        type=thread_count,
         default=None,
         help="torch threads per process (default: the CPU cores divided among this machine's processes)",
     )
@@ -365,6 +365,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """A number of torch threads per process: positive, and no more than the machine's CPU cores (more only
+    oversubscribe them; thousands take minutes to start)."""
+    value = _positive_int(text)
+    cores = os.cpu_count()
+    if cores is not None and value > cores:
+        raise argparse.ArgumentTypeError(f"{value} exceeds the {cores} CPU cores of this machine")
     return value
 
 

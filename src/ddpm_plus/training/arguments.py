@@ -20,6 +20,7 @@ from ddpm_plus.cli import (
     check_output_directory,
     check_output_file,
     check_text_arguments,
+    thread_count,
 )
 from ddpm_plus.extras import import_extra, source_constants
 from ddpm_plus.models import available_configs
@@ -224,7 +225,7 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--num_threads",
-        type=int,
+        type=thread_count,
         default=None,
         help="Torch threads per process (default: the CPU cores divided among this machine's processes).",
     )
@@ -390,12 +391,26 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def check_timesteps(args: argparse.Namespace) -> None:
-    """ValueError unless T can give the held-out bound, and the grids' sampling steps fit in T."""
+    """ValueError unless T can give the held-out bound, and the grids' sampling steps fit in T. More strata of the
+    held-out estimator than the T - 1 KL timesteps are cut to T - 1, with a warning (as the run applies them)."""
     if args.num_train_timesteps < MIN_TRAIN_TIMESTEPS:
         raise ValueError(
             f"--num_train_timesteps must be at least {MIN_TRAIN_TIMESTEPS} (the held-out bits/dim needs the decoder "
             f"term and at least one KL term), got {args.num_train_timesteps}."
         )
+    if args.bpd_samples_per_stratum > args.num_train_timesteps - 1:
+        raise ValueError(
+            f"--bpd_samples_per_stratum {args.bpd_samples_per_stratum} exceeds the {args.num_train_timesteps - 1} KL "
+            "timesteps of the chain: the exact bound would cost less."
+        )
+    kl_timesteps = args.num_train_timesteps - 1
+    if args.bpd_strata > kl_timesteps:
+        warnings.warn(
+            f"--bpd_strata {args.bpd_strata} exceeds the {kl_timesteps} KL timesteps: the estimator uses "
+            f"{kl_timesteps}.",
+            stacklevel=2,
+        )
+        args.bpd_strata = kl_timesteps
     if args.num_inference_steps is not None and args.num_inference_steps > args.num_train_timesteps:
         raise ValueError(
             f"--num_inference_steps {args.num_inference_steps} exceeds the {args.num_train_timesteps} training "
@@ -409,7 +424,7 @@ def _check_ranges(args: argparse.Namespace) -> None:
     # num_train_timesteps and resolution are None when a pretrained model gives them
     optional_positive = ("max_train_steps", "num_epochs", "resolution", "num_eval_images", "num_inference_steps")
     optional_positive += ("num_train_timesteps",)
-    optional_positive += ("checkpoints_total_limit", "num_threads")
+    optional_positive += ("checkpoints_total_limit",)
     non_negative = ("save_images_steps", "bpd_steps", "eval_fid_every", "checkpointing_steps", "lr_warmup_steps")
     non_negative += ("seed",)
     non_negative += ("dataloader_num_workers", "max_grad_norm", "adam_weight_decay", "skip_nonfinite_steps")
