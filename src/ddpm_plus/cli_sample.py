@@ -41,7 +41,7 @@ from ddpm_plus.sharding import (
     launched_processes,
     sample_images,
 )
-from ddpm_plus.utils import atomic_path, write_json
+from ddpm_plus.utils import atomic_path, read_json_object, write_json
 
 if TYPE_CHECKING:
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
@@ -217,7 +217,7 @@ def check_resumable(directory: Path, settings: dict[str, Any]) -> None:
     path = directory / MANIFEST_FILE
     if not path.is_file():
         return
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    previous = read_json_object(path)
     changed = [key for key in IMAGE_SETTINGS if key in settings and previous.get(key) != settings[key]]
     if changed:
         key = changed[0]

@@ -34,6 +34,8 @@ from typing import Any
 
 from diffusers import UNet2DModel
 
+from ddpm_plus.utils import read_json_object
+
 # UNet2DModel's constructor arguments and their defaults: every configuration lists all of them.
 _DEFAULTS: dict[str, Any] = {
     name: parameter.default
@@ -203,13 +205,7 @@ def _read_json_config(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise ValueError(f"UNet config file {path} does not exist.")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"UNet config file {path} is not valid JSON: {error}") from error
-    if not isinstance(raw, dict):
-        raise ValueError(f"UNet config file {path} must hold a JSON object, not {type(raw).__name__}.")
-    config = {key: value for key, value in raw.items() if not key.startswith("_")}
+    config = {key: value for key, value in read_json_object(path).items() if not key.startswith("_")}
     _check_keys(config, source=f"key in {path}")
     return _tuples_for_lists({**_DEFAULTS, **config})
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_plus.utils import atomic_path, write_json
+from ddpm_plus.utils import atomic_path, read_json_object, write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -173,7 +173,7 @@ class ChunkStore:
     def __init__(self, directory: Path, settings: dict[str, Any], processes: Processes):
         self.directory = directory
         path = directory / self.SETTINGS_FILE
-        if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != settings:
+        if path.is_file() and read_json_object(path) != settings:
             raise ValueError(
                 f"{directory} holds partial results of other settings; remove it to start again, or rerun with the "
                 f"settings in {path}."
