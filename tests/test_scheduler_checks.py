@@ -125,6 +125,16 @@ INVALID_CALLS = {
         "silent",
         r"needs a model output with the sample's 3 channels, got 1",
     ),
+    "step with a model output of twice the channels": (
+        lambda s: s.step(torch.cat([SAMPLE, SAMPLE], 1), 500, SAMPLE, generator=_generator()),
+        RuntimeError,
+        r"needs a model output with the sample's 3 channels, got 6 \(a learned-variance model needs 'learned_range'\)",
+    ),
+    "step of learned_range with the sample's channels": (
+        lambda s: type(s)(variance_type="learned_range").step(SAMPLE, 500, SAMPLE, generator=_generator()),
+        TypeError,
+        r"variance_type='learned_range' needs a model output with twice the sample's channels \(6\), got 3",
+    ),
     "step with 3 generators for 4 images": (
         lambda s: s.step(SAMPLE, 500, SAMPLE, generator=[_generator() for _ in range(3)]),
         IndexError,
