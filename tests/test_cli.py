@@ -180,8 +180,8 @@ def test_bpd_refuses_16_bit_and_float_images_naming_them(tmp_path: Path, capsys)
 def test_sample_names_a_missing_model_directory(tmp_path: Path, capsys) -> None:
     (tmp_path / "weights.bin").write_text("not a pipeline")
     for model, expected in [
-        (tmp_path / "no-such-model", "no such directory (and not a Hub id"),
-        (tmp_path / "weights.bin", "is a file; give a saved pipeline directory or a Hub id"),
+        (tmp_path / "no-such-model", "no such folder, and not a Hub id (owner/name)"),
+        (tmp_path / "weights.bin", "is a file; give a saved pipeline folder or a Hub id (owner/name)"),
     ]:
         assert main(["sample", "--model", str(model), "--out", str(tmp_path / "grid.png")]) == 2
         error = capsys.readouterr().err

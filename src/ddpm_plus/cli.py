@@ -179,17 +179,6 @@ def _check_sample_arguments(args: argparse.Namespace) -> None:
     check_sample_precision(args.dtype, args.device)  # a default device is known once torch is imported (cli_sample)
     check_output_file(args.out, "--out")
     check_output_directory(sample_image_directory(args.out), "--out (its folder of single images)")
-    _check_model_location(args.model)
-
-
-def _check_model_location(model: str) -> None:
-    """Raise a `ValueError` for a `--model` that is a file, or a path that does not exist and cannot be a Hub id
-    ("name" or "owner/name"), rather than the Hub client's complaint about repository names."""
-    path = Path(model)
-    if path.is_file():
-        raise ValueError(f"--model {model} is a file; give a saved pipeline directory or a Hub id (owner/name).")
-    if not path.exists() and (path.is_absolute() or model.startswith(".") or len(path.parts) > 2):
-        raise ValueError(f"--model {model}: no such directory (and not a Hub id of the form owner/name).")
 
 
 def sample_image_directory(grid: Path) -> Path:
@@ -290,7 +279,6 @@ def _check_bpd_arguments(args: argparse.Namespace) -> None:
     if args.plot is not None:
         check_extra_installed("matplotlib", "plot", "--plot")
         check_output_file(args.plot, "--plot")
-    _check_model_location(args.model)
 
 
 def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
