@@ -26,6 +26,8 @@ an :class:`UnsupportedImageError` naming the file (or row) and the reason, never
   without a lossy choice (which range, rounding or gamma), so convert them to 8 bits first. The stored bit depth of
   colour images is seen for image folders only; a 🤗 datasets source decodes its images before they arrive here.
 * Any other mode (``"LAB"``, ``"HSV"``, premultiplied alpha, ...) is refused.
+* An image over PIL's decompression-bomb limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS`` pixels) is valid but refused as
+  too large, naming the limit and how to raise it (:func:`too_large_reason`).
 
 Image folders check every file's mode (and the alpha of files that have transparency) when the dataset is built,
 before any training or evaluation starts; a corrupt file that PIL cannot read is skipped with a warning that names
