@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
+import safetensors.torch
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from keyed_noise import documented_noise, noise_keys
@@ -512,3 +513,14 @@ def test_from_pretrained_needs_no_folder_of_a_component_given_in_its_place(saved
     shutil.rmtree(folder / "scheduler")
     pipe = DDPMPlusPipeline.from_pretrained(folder, scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
     assert isinstance(pipe.scheduler, DDIMScheduler)
+
+
+def test_from_pretrained_names_corrupt_pickled_weights(saved_pipeline, tmp_path):
+    folder = shutil.copytree(saved_pipeline, tmp_path / "pipeline")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(safetensors.torch.load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    assert isinstance(DDPMPlusPipeline.from_pretrained(folder), DDPMPlusPipeline)  # .bin weights load as in diffusers
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(PipelineLoadError, match=r"Unable to load weights .*unet/diffusion_pytorch_model.bin"):
+        DDPMPlusPipeline.from_pretrained(folder)

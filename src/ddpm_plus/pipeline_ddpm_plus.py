@@ -516,7 +516,10 @@ class DDPMPlusPipeline(DiffusionPipeline):
         directory = pretrained_folder(pretrained_model_name_or_path, kwargs)
         expected, _ = cls._get_signature_keys(cls)
         check_pipeline_folder(directory, cls.__name__, [name for name in expected if name not in kwargs])
-        return super().from_pretrained(str(directory), **kwargs)
+        try:
+            return super().from_pretrained(str(directory), **kwargs)
+        except OSError as error:  # what the checks cannot see, e.g. corrupt .bin weights; diffusers names the file
+            raise PipelineLoadError(_first_line(error)) from None
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
@@ -636,8 +639,7 @@ def pretrained_folder(name_or_path: str | os.PathLike, options: dict[str, Any] |
             "(offline, HF_HUB_OFFLINE=1): download it once online."
         ) from None
     except OSError as error:  # an unknown repository, no access, a network error (huggingface_hub's OSErrors)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise PipelineLoadError(f"{name}: no such folder, and the Hub download failed: {reason}") from None
+        raise PipelineLoadError(f"{name}: no such folder, and the Hub download failed: {_first_line(error)}") from None
 
 
 def check_pipeline_folder(directory: Path, pipeline_name: str, components: Sequence[str]) -> None:
@@ -678,6 +680,12 @@ def _check_component_folder(folder: Path, config_file: str, weights: bool) -> No
     for path in files:
         if path.suffix == ".safetensors":
             _check_safetensors(path)
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
