@@ -524,3 +524,14 @@ def test_from_pretrained_names_corrupt_pickled_weights(saved_pipeline, tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle")
     with pytest.raises(PipelineLoadError, match=r"Unable to load weights .*unet/diffusion_pytorch_model.bin"):
         DDPMPlusPipeline.from_pretrained(folder)
+
+
+def test_from_pretrained_names_a_component_that_model_index_json_does_not_list(saved_pipeline, tmp_path):
+    folder = shutil.copytree(saved_pipeline, tmp_path / "pipeline")
+    index = json.loads((folder / "model_index.json").read_text())
+    del index["scheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(PipelineLoadError, match=r"model_index.json lists no scheduler; DDPMPlusPipeline needs both"):
+        DDPMPlusPipeline.from_pretrained(folder)
+    pipe = DDPMPlusPipeline.from_pretrained(folder, scheduler=DDIMScheduler(**SCHEDULER_CONFIG))  # given in its place
+    assert isinstance(pipe.scheduler, DDIMScheduler)

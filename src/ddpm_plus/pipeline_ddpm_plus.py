@@ -644,20 +644,23 @@ def pretrained_folder(name_or_path: str | os.PathLike, options: dict[str, Any] |
 
 def check_pipeline_folder(directory: Path, pipeline_name: str, components: Sequence[str]) -> None:
     """Raise a `PipelineLoadError` naming the file unless `directory` is a saved pipeline of `pipeline_name`'s
-    kind (its `model_index.json` lists a `UNet2DModel` unet and a scheduler, nothing else) whose `components`
-    folders have a readable config and weights (see `check_component_folders`)."""
+    kind (its `model_index.json` lists a `UNet2DModel` unet and a scheduler, nothing else) that lists `components`
+    (those not given in their place) with folders of a readable config and weights (`check_component_folders`)."""
     index_path = directory / "model_index.json"
     index = _read_json_object(index_path)
     listed = sorted(name for name in index if not name.startswith("_"))
-    expected = sorted(COMPONENT_CONFIG_FILES)
-    unet_class = index.get("unet", [None, None])[-1] if isinstance(index.get("unet"), list) else None
-    if listed != expected or unet_class != "UNet2DModel":
+    unet = index.get("unet")
+    unet_class = unet[-1] if isinstance(unet, list) and unet else None
+    if any(name not in COMPONENT_CONFIG_FILES for name in listed) or ("unet" in listed and unet_class != "UNet2DModel"):
         kind = index.get("_class_name")
         kind = kind[-1] if isinstance(kind, list) else kind
         raise PipelineLoadError(
-            f"{index_path} describes a {kind} with components {', '.join(listed) or 'none'}; {pipeline_name} loads "
-            f"a folder with a UNet2DModel unet and a scheduler."
+            f"{index_path} describes a {kind} with components {', '.join(listed)}; {pipeline_name} loads a folder "
+            "with a UNet2DModel unet and a scheduler."
         )
+    missing = [name for name in components if name not in listed]
+    if missing:
+        raise PipelineLoadError(f"{index_path} lists no {' and no '.join(missing)}; {pipeline_name} needs both.")
     check_component_folders(directory, components)
 
 
