@@ -3,8 +3,10 @@ its outcome: either one line and exit code 2 before any work, or correct handlin
 output changed (the hashes of every file before and after)."""
 
 import hashlib
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from helpers.launch import cpu_environment
@@ -17,10 +19,15 @@ def tree_hashes(*roots: Path) -> dict[str, str]:
     return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in files if path.is_file()}
 
 
-def run_ddpm_plus(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`ddpm-plus *args` as a user runs it (`python -m ddpm_plus.cli`), in `cwd`."""
+def run_ddpm_plus(
+    *args: str, cwd: Path, timeout: float = 300, python_path: Sequence[Path] = ()
+) -> subprocess.CompletedProcess:
+    """`ddpm-plus *args` as a user runs it (`python -m ddpm_plus.cli`), in `cwd`, with `python_path` first on the
+    module search path."""
     command = [sys.executable, "-m", "ddpm_plus.cli", *args]
-    return subprocess.run(command, env=cpu_environment(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    environment = cpu_environment()
+    environment["PYTHONPATH"] = os.pathsep.join([*map(str, python_path), environment["PYTHONPATH"]])
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def run_train(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -158,6 +158,5 @@ def test_a_folder_that_is_not_a_saved_pipeline_is_one_line(tmp_path, capsys):
     assert errors == [
         f"ddpm-plus bpd: error: --model {tmp_path / 'model'} is not a saved pipeline folder: it has neither "
         "model_index.json nor unet/ and scheduler/ subfolders.",
-        f"ddpm-plus sample: error: --model {tmp_path / 'model'} is not a saved pipeline folder (it has no "
-        "model_index.json).",
+        f"ddpm-plus sample: error: --model {tmp_path / 'model'}: {tmp_path / 'model' / 'model_index.json'} is missing.",
     ]

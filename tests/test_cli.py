@@ -204,8 +204,8 @@ def test_bpd_refuses_16_bit_and_float_images_naming_them(tmp_path: Path, capsys)
 def test_sample_names_a_missing_model_directory(tmp_path: Path, capsys) -> None:
     (tmp_path / "weights.bin").write_text("not a pipeline")
     for model, expected in [
-        (tmp_path / "no-such-model", "no such directory (and not a Hub id"),
-        (tmp_path / "weights.bin", "is a file; give a saved pipeline directory or a Hub id"),
+        (tmp_path / "no-such-model", "no such folder, and not a Hub id (owner/name)"),
+        (tmp_path / "weights.bin", "is a file; give a saved pipeline folder or a Hub id (owner/name)"),
     ]:
         assert main(["sample", "--model", str(model), "--out", str(tmp_path / "grid.png")]) == 2
         error = capsys.readouterr().err
@@ -311,3 +311,29 @@ def test_bpd_ode_refuses_an_integer_time_embedding_in_one_line_before_any_work(t
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "learned table of integer timesteps" in error
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.json.partial").exists()
+
+
+# --------------------------------------------------------------------------------------------- devices and seeds
+
+
+def test_a_device_index_beyond_the_machines_devices_is_named(monkeypatch) -> None:
+    from ddpm_plus.sharding import check_device, default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_device("cuda:1") == "cuda:1" and default_device("cuda") == "cuda"
+    with pytest.raises(ValueError, match=r"--device cuda:7: this machine has 2 cuda devices \(cuda:0 to cuda:1\)"):
+        check_device("cuda:7")
+
+
+@pytest.mark.parametrize(
+    ("seed", "seeds_used", "valid"),
+    [(0, 1, True), (2**64 - 1, 1, True), (2**64 - 3, 3, True), (2**64 - 2, 3, False), (-1, 1, False)],
+)
+def test_seeds_are_those_torch_takes_for_every_image(seed, seeds_used, valid) -> None:
+    if valid:
+        cli.check_seed(seed, seeds_used)
+        torch.Generator().manual_seed(seed + seeds_used - 1)
+    else:
+        with pytest.raises(ValueError, match=rf"--seed must lie in 0\.\.{2**64 - seeds_used}.*got {seed}"):
+            cli.check_seed(seed, seeds_used)

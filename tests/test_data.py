@@ -20,6 +20,7 @@ from ddpm_plus.data import (
     from_uint8,
     load_image_dataset,
     make_grid,
+    stored_image_shape,
     to_8bit_image,
     to_uint8,
 )
@@ -345,6 +346,45 @@ def test_a_file_as_source_says_what_is_expected(tmp_path: Path) -> None:
     write_image(tmp_path / "one.png", (8, 8), seed=0)
     with pytest.raises(ValueError, match="one.png is a file; expected an image folder, a directory written by"):
         load_image_dataset(tmp_path / "one.png")
+
+
+def test_an_image_over_pils_limit_is_refused_as_too_large_naming_the_limit(tmp_path: Path, monkeypatch) -> None:
+    """Valid, but over PIL's decompression-bomb limit (2 x MAX_IMAGE_PIXELS): too large, not unreadable."""
+    write_image(tmp_path / "small.png", (8, 8), seed=0)
+    write_image(tmp_path / "large.png", (16, 16), seed=1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels exceed 2 x 100
+    message = r"large.png: it is too large for PIL .*over 2 x PIL.Image.MAX_IMAGE_PIXELS = 200 pixels.*raise PIL"
+    with pytest.raises(UnsupportedImageError, match=message):
+        load_image_dataset(tmp_path, resolution=8)
+    with pytest.raises(UnsupportedImageError, match=message):
+        stored_image_shape(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # raised as the message says
+    assert len(load_image_dataset(tmp_path, resolution=8)) == 2
+
+
+def test_a_dataset_row_over_pils_limit_is_named_as_too_large(tmp_path: Path, monkeypatch) -> None:
+    make_hf_dataset(2).save_to_disk(tmp_path / "saved")
+    dataset = load_image_dataset(tmp_path / "saved", resolution=8)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the rows are 20x20
+    with pytest.raises(UnsupportedImageError, match="row 0 of column 'picture': it is too large for PIL"):
+        dataset[0]
+
+
+def test_an_image_folder_of_mixed_sizes_has_no_stored_shape(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.png", (8, 8), seed=0)
+    write_image(tmp_path / "b.png", (8, 8), seed=1, mode="L")
+    assert stored_image_shape(tmp_path) == (8, 8, 3)  # the channels of the first image
+    write_image(tmp_path / "c.png", (12, 8), seed=2)
+    with pytest.raises(ValueError, match=r"holds images of different sizes \(.*a.png is 8x8, .*c.png is 8x12\)"):
+        stored_image_shape(tmp_path)
+
+
+def test_a_path_that_does_not_exist_is_no_dataset_name(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    missing = tmp_path / "no" / "such" / "images"
+    with pytest.raises(ValueError, match=f"The data source {missing} is no folder, and no 🤗 dataset of that name"):
+        load_image_dataset(missing)
 
 
 # ------------------------------------------------------------------------------------------------ 🤗 datasets

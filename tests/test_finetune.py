@@ -142,9 +142,9 @@ def test_model_flags_that_conflict_with_the_pretrained_model_are_refused(
 @pytest.mark.parametrize(
     ("pretrained", "message"),
     [
-        ("./no-such-folder", "is not a folder (and not a Hub id)"),
-        ("not-a-folder-here/../x", "is neither a folder nor a valid Hub id"),
-        ("{folder}/unet", "is not a pipeline folder: it has no unet/config.json"),
+        ("./no-such-folder", "./no-such-folder: no such folder, and not a Hub id (owner/name)"),
+        ("not-a-folder-here/../x", "not-a-folder-here/../x: no such folder, and not a Hub id"),
+        ("{folder}/unet", "unet/unet/config.json is missing"),
     ],
 )
 def test_a_source_that_is_not_a_pipeline_is_refused(pretrained, message, plain_folder, tmp_path, capsys) -> None:

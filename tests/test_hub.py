@@ -478,7 +478,7 @@ def test_no_private_diffusers_method_is_overridden():
 
 SHIPPED_FILES = {"pipeline_ddpm_plus.py", "pipeline_ddpm_plus_posterior.py", "scheduling_ddpm_plus.py", "likelihood.py"}
 # What shipped code may import besides its sibling modules: the standard library and the libraries it runs on.
-SHIPPED_CODE_LIBRARIES = {"torch", "numpy", "diffusers", "huggingface_hub", "tqdm", "torch_xla"}
+SHIPPED_CODE_LIBRARIES = {"torch", "numpy", "diffusers", "huggingface_hub", "safetensors", "tqdm", "torch_xla"}
 
 
 def test_the_community_folder_is_what_the_package_exports():

@@ -721,7 +721,7 @@ def test_cli_errors(saved_model, tmp_path, capsys):
     from ddpm_plus.cli import main
 
     assert main(["bpd", "--model", str(tmp_path / "missing")]) == 2
-    assert "missing: no such directory (and not a Hub id of the form owner/name)" in capsys.readouterr().err
+    assert "missing: no such folder, and not a Hub id (owner/name)" in capsys.readouterr().err
     assert main(["bpd", "--model", str(saved_model), "--max-images", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["bpd", "--model", str(saved_model), "--num-timesteps", "2"])

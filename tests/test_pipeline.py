@@ -1,10 +1,13 @@
 """DDPMPlusPipeline: sampling (bitwise parity with diffusers' DDPMPipeline), the exact bound, bad input, the CLI."""
 
+import json
 import math
+import shutil
 
 import numpy as np
 import PIL.Image
 import pytest
+import safetensors.torch
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from keyed_noise import documented_noise, noise_keys
@@ -19,7 +22,7 @@ from pipeline_fixtures import (
 )
 
 from ddpm_plus.cli import main as cli_main
-from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, LikelihoodOutput, image_size
+from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline, LikelihoodOutput, PipelineLoadError, image_size
 from ddpm_plus.scheduling_ddpm_plus import PREDICTION_TYPES, DDPMPlusScheduler
 
 
@@ -451,3 +454,84 @@ def test_cli_sample_rejects_bad_arguments(saved_pipeline, tmp_path):
     for bad in (["--out", str(tmp_path / "grid.jpg")], ["--num-images", "0", "--out", str(tmp_path / "g.png")]):
         with pytest.raises(SystemExit):
             cli_main(["sample", "--model", str(saved_pipeline), *bad])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Loading: a readable error naming the file
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _break_folder(folder, damage: str):
+    """Damage a copy of a saved pipeline folder; return what `from_pretrained` is given."""
+    if damage == "no such path":
+        return folder.parent / "no" / "such" / "folder"
+    if damage == "an uncached Hub id":
+        return "someone/uncached-ddpm"
+    path = folder / damage.split()[-1]
+    if damage.startswith("no "):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:40])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("no model_index.json", r"model_index.json is missing"),
+        ("corrupt model_index.json", r"model_index.json cannot be read \(truncated or corrupt"),
+        ("corrupt unet/config.json", r"unet/config.json cannot be read"),
+        ("no scheduler", r"scheduler/scheduler_config.json is missing"),
+        ("no unet/diffusion_pytorch_model.safetensors", r"unet has no weights"),
+        ("corrupt unet/diffusion_pytorch_model.safetensors", r"is not a complete safetensors file"),
+        ("no such path", r"folder: no such folder, and not a Hub id \(owner/name\)"),
+        ("an uncached Hub id", r"someone/uncached-ddpm: no such folder, and the Hub id is not in the local Hub cache"),
+    ],
+)
+def test_from_pretrained_names_the_file_that_does_not_load(saved_pipeline, tmp_path, monkeypatch, damage, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    given = _break_folder(shutil.copytree(saved_pipeline, tmp_path / "pipeline"), damage)
+    with pytest.raises(PipelineLoadError, match=message) as caught:
+        DDPMPlusPipeline.from_pretrained(given)
+    assert isinstance(caught.value, OSError) and isinstance(caught.value, ValueError)  # as diffusers raises
+    error = caught.value  # no internal traceback chained to it
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+def test_from_pretrained_refuses_a_folder_of_another_pipeline_kind(saved_pipeline, tmp_path):
+    folder = shutil.copytree(saved_pipeline, tmp_path / "pipeline")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(_class_name="StableDiffusionPipeline", vae=["diffusers", "AutoencoderKL"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(PipelineLoadError, match=r"describes a StableDiffusionPipeline with components scheduler, unet"):
+        DDPMPlusPipeline.from_pretrained(folder)
+
+
+def test_from_pretrained_needs_no_folder_of_a_component_given_in_its_place(saved_pipeline, tmp_path):
+    folder = shutil.copytree(saved_pipeline, tmp_path / "pipeline")
+    shutil.rmtree(folder / "scheduler")
+    pipe = DDPMPlusPipeline.from_pretrained(folder, scheduler=DDIMScheduler(**SCHEDULER_CONFIG))
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+
+
+def test_from_pretrained_names_corrupt_pickled_weights(saved_pipeline, tmp_path):
+    folder = shutil.copytree(saved_pipeline, tmp_path / "pipeline")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(safetensors.torch.load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    assert isinstance(DDPMPlusPipeline.from_pretrained(folder), DDPMPlusPipeline)  # .bin weights load as in diffusers
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(PipelineLoadError, match=r"Unable to load weights .*unet/diffusion_pytorch_model.bin"):
+        DDPMPlusPipeline.from_pretrained(folder)
+
+
+def test_from_pretrained_names_a_component_that_model_index_json_does_not_list(saved_pipeline, tmp_path):
+    folder = shutil.copytree(saved_pipeline, tmp_path / "pipeline")
+    index = json.loads((folder / "model_index.json").read_text())
+    del index["scheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(PipelineLoadError, match=r"model_index.json lists no scheduler; DDPMPlusPipeline needs both"):
+        DDPMPlusPipeline.from_pretrained(folder)
+    pipe = DDPMPlusPipeline.from_pretrained(folder, scheduler=DDIMScheduler(**SCHEDULER_CONFIG))  # given in its place
+    assert isinstance(pipe.scheduler, DDIMScheduler)

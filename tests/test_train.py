@@ -52,6 +52,7 @@ from ddpm_plus.training import (
     verify_checkpoint,
 )
 from ddpm_plus.training.checkpoints import save_ema_weights
+from ddpm_plus.training.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS_LAUNCHER = REPO / "tests" / "helpers" / "train_with_faults.py"
@@ -278,6 +279,23 @@ def test_latest_checkpoint_ignores_temporary_and_incomplete_directories(tmp_path
     assert (tmp_path / ".checkpoint-12.tmp").is_dir()
     assert remove_unfinished_checkpoints(tmp_path) == [tmp_path / ".checkpoint-12.tmp"]
     assert not (tmp_path / ".checkpoint-12.tmp").exists() and checkpoint_steps(tmp_path) == [10]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ('{"format": 1, "files": {', "manifest.json cannot be read (truncated or corrupt"),
+        ("[1, 2]", "manifest.json holds a JSON list, not an object"),
+        ('{"format": 1}', "manifest.json is corrupt: it lists no files with their size and sha256"),
+        ('{"format": 1, "files": {"model.safetensors": 12}}', "it lists no files with their size and sha256"),
+    ],
+)
+def test_a_corrupt_manifest_is_a_checkpoint_error_naming_it(tmp_path, manifest, message):
+    (tmp_path / "training_state.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text(manifest)
+    with pytest.raises(CheckpointError) as caught:
+        verify_checkpoint(tmp_path)
+    assert str(caught.value).startswith(str(tmp_path / "manifest.json")) and message in str(caught.value)
 
 
 # --------------------------------------------------------------------------------------------- whole runs

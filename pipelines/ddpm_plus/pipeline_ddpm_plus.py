@@ -63,6 +63,10 @@ HUB_ALLOW_PATTERNS = [
     "*/*.safetensors",
     "*/*.safetensors.index.json",
 ]
+# The file of each component folder that `from_pretrained` reads first, and the components that carry weights.
+COMPONENT_CONFIG_FILES = {"unet": "config.json", "scheduler": "scheduler_config.json"}
+WEIGHTED_COMPONENTS = ("unet",)
+WEIGHTS_PATTERNS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin")
 # The Hub upload that an installed ddpm_plus package provides (`ddpm_plus.hub.push_pipeline_to_hub`, which writes the
 # model card from the package's template), declared as an entry point in the package's pyproject.toml.
 HUB_UPLOAD_ENTRY_POINT = {"group": "ddpm_plus.uploads", "name": "push_pipeline_to_hub"}
@@ -113,6 +117,11 @@ def image_size(sample_size: int | Sequence[int]) -> tuple[int, int]:
             f"sample_size must be a positive integer or a (height, width) pair of them, got {sample_size!r}."
         )
     return sides[0], sides[1]
+
+
+class PipelineLoadError(OSError, ValueError):
+    """A folder or Hub id that cannot be loaded as a pipeline, with a message naming the file at fault. An `OSError`
+    as diffusers raises for missing files, and a `ValueError` as for invalid repository ids."""
 
 
 class DDPMPlusPipeline(DiffusionPipeline):
@@ -499,10 +508,18 @@ class DDPMPlusPipeline(DiffusionPipeline):
         weights (`HUB_ALLOW_PATTERNS`), never code; `cache_dir`, `revision`, `token`, `local_files_only` and
         `force_download` in `kwargs` apply to that download. The remaining `kwargs` are diffusers' (`torch_dtype`,
         `variant`, components to use instead of the saved ones, ...).
+
+        Raises:
+            PipelineLoadError: a path that does not exist, an invalid or uncached (offline) Hub id, a folder of
+                another pipeline kind, or a missing or corrupt `model_index.json`, config or weights file, named.
         """
-        if not os.path.isdir(pretrained_model_name_or_path):
-            pretrained_model_name_or_path = _download_without_code(str(pretrained_model_name_or_path), kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        directory = pretrained_folder(pretrained_model_name_or_path, kwargs)
+        expected, _ = cls._get_signature_keys(cls)
+        check_pipeline_folder(directory, cls.__name__, [name for name in expected if name not in kwargs])
+        try:
+            return super().from_pretrained(str(directory), **kwargs)
+        except OSError as error:  # what the checks cannot see, e.g. corrupt .bin weights; diffusers names the file
+            raise PipelineLoadError(_first_line(error)) from None
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
@@ -600,6 +617,102 @@ def _uint8_arrays_to_tensor(images: np.ndarray | Sequence[Any] | Any) -> torch.T
     if pixels.ndim != 4:
         raise ValueError(f"Image arrays must have shape (B, H, W, C) or (B, H, W), got {pixels.shape}.")
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1
+
+
+def pretrained_folder(name_or_path: str | os.PathLike, options: dict[str, Any] | None = None) -> Path:
+    """The folder of a saved pipeline: a local folder as it is, a Hub id's snapshot of configurations and safetensors
+    weights (downloaded with the `options` of `from_pretrained`); a `PipelineLoadError` for anything else."""
+    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError
+
+    name = str(name_or_path)
+    if os.path.isdir(name):
+        return Path(name)
+    if os.path.exists(name):
+        raise PipelineLoadError(f"{name} is a file; give a saved pipeline folder or a Hub id (owner/name).")
+    try:
+        return Path(_download_without_code(name, options or {}))
+    except HFValidationError:
+        raise PipelineLoadError(f"{name}: no such folder, and not a Hub id (owner/name).") from None
+    except LocalEntryNotFoundError:
+        raise PipelineLoadError(
+            f"{name}: no such folder, and the Hub id is not in the local Hub cache while the Hub cannot be reached "
+            "(offline, HF_HUB_OFFLINE=1): download it once online."
+        ) from None
+    except OSError as error:  # an unknown repository, no access, a network error (huggingface_hub's OSErrors)
+        raise PipelineLoadError(f"{name}: no such folder, and the Hub download failed: {_first_line(error)}") from None
+
+
+def check_pipeline_folder(directory: Path, pipeline_name: str, components: Sequence[str]) -> None:
+    """Raise a `PipelineLoadError` naming the file unless `directory` is a saved pipeline of `pipeline_name`'s
+    kind (its `model_index.json` lists a `UNet2DModel` unet and a scheduler, nothing else) that lists `components`
+    (those not given in their place) with folders of a readable config and weights (`check_component_folders`)."""
+    index_path = directory / "model_index.json"
+    index = _read_json_object(index_path)
+    listed = sorted(name for name in index if not name.startswith("_"))
+    unet = index.get("unet")
+    unet_class = unet[-1] if isinstance(unet, list) and unet else None
+    if any(name not in COMPONENT_CONFIG_FILES for name in listed) or ("unet" in listed and unet_class != "UNet2DModel"):
+        kind = index.get("_class_name")
+        kind = kind[-1] if isinstance(kind, list) else kind
+        raise PipelineLoadError(
+            f"{index_path} describes a {kind} with components {', '.join(listed)}; {pipeline_name} loads a folder "
+            "with a UNet2DModel unet and a scheduler."
+        )
+    missing = [name for name in components if name not in listed]
+    if missing:
+        raise PipelineLoadError(f"{index_path} lists no {' and no '.join(missing)}; {pipeline_name} needs both.")
+    check_component_folders(directory, components)
+
+
+def check_component_folders(directory: Path, components: Sequence[str] = tuple(COMPONENT_CONFIG_FILES)) -> None:
+    """Raise a `PipelineLoadError` naming the file unless each of `components` (`unet`, `scheduler`) has a folder
+    in `directory` with a readable config, and the unet readable weights."""
+    for name in components:
+        _check_component_folder(directory / name, COMPONENT_CONFIG_FILES[name], name in WEIGHTED_COMPONENTS)
+
+
+def _check_component_folder(folder: Path, config_file: str, weights: bool) -> None:
+    """Raise a `PipelineLoadError` naming the file unless `folder` holds a readable JSON `config_file` and, with
+    `weights`, weights files (`WEIGHTS_PATTERNS`) whose safetensors headers are complete."""
+    _read_json_object(folder / config_file)
+    if not weights:
+        return
+    files = sorted(path for pattern in WEIGHTS_PATTERNS for path in folder.glob(pattern))
+    if not files:
+        raise PipelineLoadError(f"{folder} has no weights (diffusion_pytorch_model.safetensors or .bin).")
+    for path in files:
+        if path.suffix == ".safetensors":
+            _check_safetensors(path)
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or a `PipelineLoadError` naming it (missing, unreadable, not a JSON object)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineLoadError(f"{path} is missing.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PipelineLoadError(f"{path} cannot be read (truncated or corrupt: {error}).") from None
+    if not isinstance(value, dict):
+        raise PipelineLoadError(f"{path} holds a JSON {type(value).__name__}, not an object.")
+    return value
+
+
+def _check_safetensors(path: Path) -> None:
+    """A `PipelineLoadError` naming `path` unless its safetensors header is complete and fits the file's size."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (OSError, SafetensorError) as error:
+        raise PipelineLoadError(f"{path} is not a complete safetensors file (truncated or corrupt: {error}).") from None
 
 
 def _download_without_code(repo_id: str, options: dict[str, Any]) -> str:

@@ -97,6 +97,29 @@ def check_generators(
     return generator
 
 
+def check_float_tensor(name: str, tensor: torch.Tensor) -> None:
+    """Raise a `ValueError` unless `tensor` holds floating-point values (images and noise, never integers)."""
+    if not torch.is_floating_point(tensor):
+        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}.")
+
+
+def check_sample_like(
+    name: str, tensor: torch.Tensor, sample: torch.Tensor, sample_name: str = "sample", channels: bool = True
+) -> None:
+    """Raise a `ValueError` unless `tensor` is a floating-point tensor of `sample`'s shape, channels (dim 1) aside
+    when `channels` is False: a tensor that would only broadcast against the sample is refused."""
+    check_float_tensor(name, tensor)
+    shape, expected = tuple(tensor.shape), tuple(sample.shape)
+    if not channels and len(shape) == len(expected) > 1:
+        shape, expected = shape[:1] + shape[2:], expected[:1] + expected[2:]
+    if shape != expected:
+        what = "batch and spatial shape" if not channels else "shape"
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)} does not match the {what} of {sample_name} "
+            f"{tuple(sample.shape)}; pass one of each per image (no broadcasting)."
+        )
+
+
 def check_schedule_settings(
     num_train_timesteps: int,
     beta_start: float,
@@ -379,6 +402,9 @@ class DDPMPlusScheduler(DDPMScheduler):
       custom schedule, and `step` at a timestep outside the schedule raise `ValueError` naming the valid range
       (diffusers raises ZeroDivisionError, TypeError or IndexError, returns an empty schedule, or wraps a negative
       timestep around). Errors that diffusers already raises as `ValueError` are unchanged.
+    * `step`, `add_noise` and `get_velocity` refuse with `ValueError`, as `q_sample` does, timesteps outside 0..T-1,
+      a model output or noise whose batch or spatial shape differs from the sample's (diffusers broadcasts), a
+      generator list that is not one per image, and integer samples, model outputs or noise.
 
     Config values are read at call time, so pipelines that rewrite `steps_offset` or `clip_sample` after
     construction behave as with `DDPMScheduler`.
@@ -520,6 +546,7 @@ class DDPMPlusScheduler(DDPMScheduler):
                 `step` that accepts it.
         """
         self._check_step_timestep(timestep)
+        self._check_step_inputs(model_output, sample, generator)
         t = timestep
         prev_t = self.previous_timestep(t)
         model_output, predicted_variance = self._split_variance_channels(model_output, sample)
@@ -562,6 +589,20 @@ class DDPMPlusScheduler(DDPMScheduler):
             raise ValueError(
                 f"step got timestep {value}; timesteps must lie in 0..{self.config.num_train_timesteps - 1}."
             )
+
+    @staticmethod
+    def _check_step_inputs(
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> None:
+        """Raise a `ValueError` for an integer sample or model output, a model output whose batch or spatial shape
+        differs from the sample's (channels are checked against the variance type), or a generator list that is not
+        one per image; a one-generator list is one generator, as in diffusers' `randn_tensor`."""
+        check_float_tensor("sample", sample)
+        check_sample_like("model_output", model_output, sample, channels=False)
+        if not (isinstance(generator, Sequence) and len(generator) == 1):
+            check_generators(generator, sample.shape[0])
 
     def _output_coefficients(self, t: int | torch.Tensor, coeffs: PosteriorCoefficients) -> PosteriorCoefficients:
         """Coefficients that define the network output: a "mean" output is μ_θ of the training chain's step
@@ -674,6 +715,30 @@ class DDPMPlusScheduler(DDPMScheduler):
     # The DDPM math over the training chain (float64 tables, per-sample timesteps)
     # ------------------------------------------------------------------------------------------------------------
 
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor
+    ) -> torch.Tensor:
+        """`DDPMScheduler.add_noise` (x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε, float32 coefficients, bitwise diffusers'), with a
+        `ValueError` for timesteps outside 0..T-1 or not one per sample (or one for all), noise of another shape
+        than the samples, and integer samples or noise (diffusers wraps negative timesteps around and broadcasts)."""
+        self._check_noising_inputs(original_samples, noise, timesteps, "original_samples")
+        return super().add_noise(original_samples, noise, timesteps)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
+        """`DDPMScheduler.get_velocity` (v = √ᾱ_t ε - √(1-ᾱ_t) x_0), with the checks of `add_noise`."""
+        self._check_noising_inputs(sample, noise, timesteps, "sample")
+        return super().get_velocity(sample, noise, timesteps)
+
+    def _check_noising_inputs(
+        self, samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, samples_name: str
+    ) -> None:
+        """The checks of `q_sample`, for diffusers' `add_noise` arguments: timesteps of any shape with one value, or
+        one per sample (diffusers flattens them)."""
+        check_float_tensor(samples_name, samples)
+        check_sample_like("noise", noise, samples, samples_name)
+        timesteps = torch.as_tensor(timesteps)
+        self._timestep_batch(timesteps.reshape(()) if timesteps.numel() == 1 else timesteps.flatten(), len(samples))
+
     def _timestep_batch(self, t: int | torch.Tensor, batch_size: int) -> torch.Tensor:
         """Timesteps as a CPU long tensor of shape (batch_size,), checked to lie in 0..T-1."""
         t = torch.as_tensor(t).detach().to("cpu", torch.long)
@@ -704,7 +769,10 @@ class DDPMPlusScheduler(DDPMScheduler):
         return alpha_prod_t / (1 - alpha_prod_t)
 
     def q_sample(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Sample q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (eq. 4), float64 coefficients."""
+        """Sample q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (eq. 4), float64 coefficients; a `ValueError` for
+        timesteps outside 0..T-1 or not one per sample, noise of another shape, or integer tensors."""
+        check_float_tensor("x0", x0)
+        check_sample_like("noise", noise, x0, "x0")
         alpha_prod_t = self._per_sample(self.alphas_cumprod_f64, t, x0)
         return (alpha_prod_t.sqrt() * x0 + (1 - alpha_prod_t).sqrt() * noise).to(x0.dtype)
 

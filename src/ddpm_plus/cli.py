@@ -99,6 +99,7 @@ MIN_EVALUATIONS = 1 + SAMPLES_PER_STRATUM  # the decoder and one KL stratum
 SAMPLE_DTYPES = ("float32", "float16", "bfloat16")
 FID_METRICS = ("fid", "is", "kid", "pr")
 CONVERT_SOURCES = ("improved-diffusion", "guided-diffusion")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds up to 2**64 - 1
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -177,20 +178,10 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 def _check_sample_arguments(args: argparse.Namespace) -> None:
     if args.steps is not None and args.timestep_respacing is not None:
         raise ValueError("give --steps or --timestep-respacing, not both.")
+    check_seed(args.seed, args.num_images)
     check_sample_precision(args.dtype, args.device)  # a default device is known once torch is imported (cli_sample)
     check_output_file(args.out, "--out")
     check_output_directory(sample_image_directory(args.out), "--out (its folder of single images)")
-    _check_model_location(args.model)
-
-
-def _check_model_location(model: str) -> None:
-    """Raise a `ValueError` for a `--model` that is a file, or a path that does not exist and cannot be a Hub id
-    ("name" or "owner/name"), rather than the Hub client's complaint about repository names."""
-    path = Path(model)
-    if path.is_file():
-        raise ValueError(f"--model {model} is a file; give a saved pipeline directory or a Hub id (owner/name).")
-    if not path.exists() and (path.is_absolute() or model.startswith(".") or len(path.parts) > 2):
-        raise ValueError(f"--model {model}: no such directory (and not a Hub id of the form owner/name).")
 
 
 def sample_image_directory(grid: Path) -> Path:
@@ -285,12 +276,12 @@ def _check_bpd_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} (a tolerance of the ODE solver) must be positive, got {getattr(args, name)}.")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be positive, got {args.max_images}.")
+    check_seed(args.seed)
     if args.output is not None:
         check_output_file(args.output, "--output")
     if args.plot is not None:
         check_extra_installed("matplotlib", "plot", "--plot")
         check_output_file(args.plot, "--plot")
-    _check_model_location(args.model)
 
 
 def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -315,6 +306,14 @@ def _check_convert_arguments(args: argparse.Namespace) -> None:
     check_output_directory(args.out, "--out")
     if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {args.out} is not empty; pass --overwrite to replace what it holds.")
+
+
+def check_seed(seed: int, seeds_used: int = 1, option: str = "--seed") -> None:
+    """Raise a `ValueError` naming `option` unless `seed` and the next `seeds_used - 1` seeds (image i takes
+    seed + i) are seeds of torch and numpy: 0..2**64 - 1."""
+    if not 0 <= seed <= MAX_SEED - (seeds_used - 1):
+        counted = f" (it seeds {seeds_used} images, seed + i for image i)" if seeds_used > 1 else ""
+        raise ValueError(f"{option} must lie in 0..{MAX_SEED - (seeds_used - 1)}{counted}, got {seed}.")
 
 
 def check_sample_precision(dtype: str, device: str | None) -> None:

@@ -118,6 +118,8 @@ def load_components(directory: Path, device: torch.device) -> tuple[Any, Any]:
     """The UNet and scheduler of a folder without `model_index.json` that holds `unet/` and `scheduler/`."""
     from diffusers import UNet2DModel
 
+    from ddpm_plus.cli_sample import model_option_errors
+    from ddpm_plus.pipeline_ddpm_plus import check_component_folders
     from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 
     if not (directory / "unet").is_dir() or not (directory / "scheduler").is_dir():
@@ -125,6 +127,8 @@ def load_components(directory: Path, device: torch.device) -> tuple[Any, Any]:
             f"--model {directory} is not a saved pipeline folder: it has neither model_index.json nor unet/ and "
             "scheduler/ subfolders."
         )
+    with model_option_errors(str(directory)):
+        check_component_folders(directory)
     unet = UNet2DModel.from_pretrained(directory, subfolder="unet", torch_dtype=torch.float32).to(device).eval()
     return unet, DDPMPlusScheduler.from_pretrained(directory, subfolder="scheduler")
 

@@ -96,11 +96,15 @@ def common_shape(samples: Side, reference: Side) -> Shape:
 
 def prepare_side(side: Side, shape: Shape, option: str) -> None:
     """Open a side's images at `shape`, and raise a `ValueError` when it has fewer than 2 images."""
-    if not isinstance(side, FeatureStatistics):
+    if isinstance(side, FeatureStatistics):
+        if not side.count:  # statistics files of other tools do not say how many images
+            return
+    else:
         side.bind(shape)
-    if side.count and side.count < MIN_IMAGES:  # statistics files of other tools do not say how many images
+    if side.count < MIN_IMAGES:
         raise ValueError(
-            f"{option} holds {side.count} image; the covariance of the features needs at least {MIN_IMAGES}."
+            f"{option} holds {side.count} image{'' if side.count == 1 else 's'}; the covariance of the features needs "
+            f"at least {MIN_IMAGES}."
         )
 
 

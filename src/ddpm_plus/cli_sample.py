@@ -22,7 +22,8 @@ import importlib.metadata
 import json
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from ddpm_plus.sharding import (
     launched_processes,
     sample_images,
 )
-from ddpm_plus.utils import atomic_path, write_json
+from ddpm_plus.utils import atomic_path, read_json_object, write_json
 
 if TYPE_CHECKING:
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
@@ -143,18 +144,18 @@ def sampling_steps(args: argparse.Namespace, pipeline: DDPMPlusPipeline) -> int:
 
 def load_pipeline(model: str, dtype: str, device: torch.device, show_progress: bool) -> DDPMPlusPipeline:
     """A `DDPMPlusPipeline` (from a saved DDPM+ or plain DDPMPipeline folder, or a Hub id) in `dtype` on `device`;
-    a `ValueError` for a folder that is not a saved pipeline."""
+    a `ValueError` naming `--model` and the file at fault for anything that does not load (see
+    `DDPMPlusPipeline.from_pretrained`)."""
     from diffusers.utils import logging as diffusers_logging
 
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
 
-    if Path(model).is_dir() and not (Path(model) / "model_index.json").is_file():
-        raise ValueError(f"--model {model} is not a saved pipeline folder (it has no model_index.json).")
     shown = diffusers_logging.is_progress_bar_enabled()
     if not show_progress:
         diffusers_logging.disable_progress_bar()  # diffusers' "Loading pipeline components" bar
     try:
-        pipeline = DDPMPlusPipeline.from_pretrained(model).to(device)
+        with model_option_errors(model):
+            pipeline = DDPMPlusPipeline.from_pretrained(model).to(device)
     finally:
         if shown:
             diffusers_logging.enable_progress_bar()
@@ -162,6 +163,17 @@ def load_pipeline(model: str, dtype: str, device: torch.device, show_progress: b
         pipeline.to(dtype=DTYPES[dtype])
     pipeline.set_progress_bar_config(leave=False, disable=not show_progress)
     return pipeline
+
+
+@contextmanager
+def model_option_errors(model: str) -> Iterator[None]:
+    """Re-raise a `PipelineLoadError` as a `ValueError` that names `--model`, without the loader's traceback."""
+    from ddpm_plus.pipeline_ddpm_plus import PipelineLoadError
+
+    try:
+        yield
+    except PipelineLoadError as error:
+        raise ValueError(f"--model {model}: {error}") from None
 
 
 def sample_layout(directory: Path, count: int, pipeline: DDPMPlusPipeline) -> SampleLayout:
@@ -233,7 +245,7 @@ def check_resumable(directory: Path, settings: dict[str, Any]) -> None:
     path = directory / MANIFEST_FILE
     if not path.is_file():
         return
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    previous = read_json_object(path)
     changed = [key for key in IMAGE_SETTINGS if key in settings and previous.get(key) != settings[key]]
     if changed:
         key = changed[0]

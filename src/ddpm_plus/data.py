@@ -26,6 +26,8 @@ an :class:`UnsupportedImageError` naming the file (or row) and the reason, never
   without a lossy choice (which range, rounding or gamma), so convert them to 8 bits first. The stored bit depth of
   colour images is seen for image folders only; a 🤗 datasets source decodes its images before they arrive here.
 * Any other mode (``"LAB"``, ``"HSV"``, premultiplied alpha, ...) is refused.
+* An image over PIL's decompression-bomb limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS`` pixels) is valid but refused as
+  too large, naming the limit and how to raise it (:func:`too_large_reason`).
 
 Image folders check every file's mode (and the alpha of files that have transparency) when the dataset is built,
 before any training or evaluation starts; a corrupt file that PIL cannot read is skipped with a warning that names
@@ -72,8 +74,9 @@ IMAGE_EXTENSIONS = frozenset(
 )
 """File suffixes (lower case) read as images in an image folder."""
 
-UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
-"""What PIL raises for a missing, truncated, corrupt or oversized image file."""
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+"""What PIL raises for a missing, truncated or corrupt image file (an oversized one is valid: see
+:func:`too_large_reason`)."""
 _SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 _MAX_NAMED_FILES = 5
 
@@ -283,6 +286,15 @@ def _transparency_reason(image: Image.Image) -> str | None:
     )
 
 
+def too_large_reason(error: Image.DecompressionBombError) -> str:
+    """Why PIL refused to open an image (over its decompression-bomb limit), and how to raise the limit."""
+    return (
+        f"it is too large for PIL ({error}): PIL refuses images over 2 x PIL.Image.MAX_IMAGE_PIXELS = "
+        f"{2 * Image.MAX_IMAGE_PIXELS} pixels; if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS (or set it "
+        "to None) before loading, or make the image smaller"
+    )
+
+
 def _coin_flip(generator: torch.Generator | None) -> bool:
     return bool(torch.randint(2, (), generator=generator))
 
@@ -419,6 +431,10 @@ class _PILImageDataset(Dataset):
             candidate = (index + offset) % len(self)
             try:
                 image = self._load(candidate)
+            except Image.DecompressionBombError as error:
+                raise UnsupportedImageError(
+                    f"Cannot use image {self._describe(candidate)}: {too_large_reason(error)}."
+                ) from None
             except UNREADABLE_IMAGE_ERRORS as error:
                 logger.warning(
                     "Cannot read image %s (%s); using the next image instead.", self._describe(candidate), error
@@ -489,9 +505,12 @@ def _unsupported_file_reason(path: Path) -> str | None:
     """Why the image file cannot be used (see :func:`to_8bit_image`), or None when it can. Reads the header, runs
     PIL's ``verify()``, and decodes only files with transparency data (to find transparent pixels); raises one of
     ``UNREADABLE_IMAGE_ERRORS`` for a file PIL cannot read."""
-    with Image.open(path) as image:
-        reason = unsupported_mode_reason(image)
-        image.verify()
+    try:
+        with Image.open(path) as image:
+            reason = unsupported_mode_reason(image)
+            image.verify()
+    except Image.DecompressionBombError as error:
+        return too_large_reason(error)
     if reason is not None or not _has_transparency_data(image):
         return reason
     with Image.open(path) as image:
@@ -566,7 +585,13 @@ def _load_hf_dataset(source: str, split: str, held_out_fraction: float, cache_di
 
     if not _is_saved_dataset(Path(source)):
         _reject_held_out_fraction(held_out_fraction, f"{source} (use its split names, e.g. 'train[:90%]')")
-        return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+        try:
+            return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+        except OSError as error:  # a missing path, an unknown or (offline) uncached dataset, a network failure
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(
+                f"The data source {source} is no folder, and no 🤗 dataset of that name can be loaded: {reason}"
+            ) from None
     loaded = datasets.load_from_disk(source)
     if isinstance(loaded, datasets.DatasetDict):
         _reject_held_out_fraction(held_out_fraction, f"{source} (use its split names)")
@@ -597,12 +622,35 @@ def stored_image_shape(source: str | Path, split: str = "train") -> tuple[int, i
         return None
     path = Path(source)
     if path.is_dir() and not _is_saved_dataset(path):
-        with Image.open(find_image_files(path)[0]) as image:
-            return _shape_of(image)
+        return _folder_image_shape(path)
     dataset = _load_hf_dataset(str(source), split, 0.0, None)
     if len(dataset) == 0:
         raise ValueError(f"The data set {source!r} (split {split!r}) holds no images.")
     return _shape_of(HFImageDataset(dataset.select([0]), ImageTransform(1, 3))._load(0))
+
+
+def _folder_image_shape(directory: Path) -> tuple[int, int, int]:
+    """The stored shape of an image folder's images (the channels of the first), which must all have one size: a
+    `ValueError` naming two files of different sizes. Unreadable files are left to the data set's warning."""
+    first: tuple[Path, tuple[int, int, int]] | None = None
+    for path in find_image_files(directory):
+        try:
+            with Image.open(path) as image:
+                shape = _shape_of(image)
+        except Image.DecompressionBombError as error:
+            raise UnsupportedImageError(f"Cannot use image {path}: {too_large_reason(error)}.") from None
+        except UNREADABLE_IMAGE_ERRORS:
+            continue
+        if first is None:
+            first = path, shape
+        elif shape[:2] != first[1][:2]:
+            raise ValueError(
+                f"Image folder {directory} holds images of different sizes ({first[0]} is {first[1][0]}x"
+                f"{first[1][1]}, {path} is {shape[0]}x{shape[1]}): resize them to one size first."
+            )
+    if first is None:
+        raise ValueError(f"No readable image among the image files of {directory}.")
+    return first[1]
 
 
 def _shape_of(image: Image.Image) -> tuple[int, int, int]:

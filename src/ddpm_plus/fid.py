@@ -170,11 +170,20 @@ class FeatureStatistics:
 
     @classmethod
     def load(cls, path: Path) -> FeatureStatistics:
-        """Read a file written by `save`, or any `.npz` with `mu` and `sigma` (count, shape, extractor unknown)."""
-        with np.load(path) as archive:
-            info = json.loads(str(archive["info"])) if "info" in archive else {}
-            features = archive["features"] if "features" in archive else None
-            mu, sigma = archive["mu"].astype(np.float64), archive["sigma"].astype(np.float64)
+        """Read a file written by `save`, or any `.npz` with `mu` and `sigma` (count, shape, extractor unknown); a
+        `ValueError` naming the file when it cannot be read or `mu` (D,) and `sigma` (D, D) do not agree."""
+        try:
+            with np.load(path) as archive:
+                info = json.loads(str(archive["info"])) if "info" in archive else {}
+                features = archive["features"] if "features" in archive else None
+                mu, sigma = archive["mu"].astype(np.float64), archive["sigma"].astype(np.float64)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path}: the feature statistics cannot be read ({error}).") from None
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise ValueError(
+                f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; statistics of D features need mu of shape "
+                "(D,) and sigma of shape (D, D)."
+            )
         shape = info.get("shape")
         return cls(
             mu, sigma, info.get("count", 0), features, None if shape is None else tuple(shape), info.get("extractor")

@@ -38,11 +38,23 @@ def archive_members(path: Path) -> set[str]:
 
 
 def archive_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype of the array `key` of an `.npz` archive, read from its header only."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(member)
+    """The shape and dtype of the array `key` of an `.npz` archive, read from its header only; a `ValueError` naming
+    the file when it has no such array or its header cannot be read."""
+    members = archive_members(path)
+    if key not in members:
+        raise ValueError(
+            f"{path} has no array {key} (it holds {', '.join(sorted(members)) or 'none'}): give uint8 images (N, H, W, "
+            f"C) under {IMAGES_KEY}, or feature statistics with both mu and sigma."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(member)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: the header of {key} cannot be read ({error}).") from None
     return shape, dtype
 
 

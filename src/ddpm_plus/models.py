@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
 
+from ddpm_plus.utils import read_json_object
+
 # The conventions of the DDPM TensorFlow network, shared by every named configuration. A configuration lists the
 # arguments it sets; `unet_config` completes it with UNet2DModel's defaults (diffusers is imported on first use, so
 # the training script's `--help` lists the names at once).
@@ -210,13 +212,7 @@ def _read_json_config(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise ValueError(f"UNet config file {path} does not exist.")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"UNet config file {path} is not valid JSON: {error}") from error
-    if not isinstance(raw, dict):
-        raise ValueError(f"UNet config file {path} must hold a JSON object, not {type(raw).__name__}.")
-    config = {key: value for key, value in raw.items() if not key.startswith("_")}
+    config = {key: value for key, value in read_json_object(path).items() if not key.startswith("_")}
     _check_keys(config, source=f"key in {path}")
     return _tuples_for_lists({**unet_defaults(), **config})
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_plus.utils import atomic_path, write_json
+from ddpm_plus.utils import atomic_path, read_json_object, write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -80,10 +80,32 @@ class Processes:
 
 
 def default_device(requested: str | None) -> str:
-    """The device of an evaluation command: `--device` as given, else cuda when available, else cpu."""
+    """The device of an evaluation command: `--device` as given (checked by `check_device`), else cuda when
+    available, else cpu."""
     if requested is not None:
+        check_device(requested)
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(requested: str, option: str = "--device") -> None:
+    """Raise a `ValueError` naming `option` unless `requested` is a torch device that this machine has: a known
+    device type whose backend is available, with an index below its device count."""
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"{option} {requested} is not a torch device (e.g. cpu, cuda, cuda:1, mps).") from None
+    if device.type == "cpu":
+        return
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"{option} {requested}: this machine has no {device.type} device that torch can use.")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(
+            f"{option} {requested}: this machine has {count} {device.type} device{'s' if count > 1 else ''} "
+            f"({device.type}:0 to {device.type}:{count - 1})."
+        )
 
 
 @contextmanager
@@ -151,7 +173,7 @@ class ChunkStore:
     def __init__(self, directory: Path, settings: dict[str, Any], processes: Processes):
         self.directory = directory
         path = directory / self.SETTINGS_FILE
-        if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != settings:
+        if path.is_file() and read_json_object(path) != settings:
             raise ValueError(
                 f"{directory} holds partial results of other settings; remove it to start again, or rerun with the "
                 f"settings in {path}."

@@ -31,6 +31,18 @@ def write_json(path: str | Path, data: Any) -> None:
         file.write("\n")
 
 
+def read_json_object(path: str | Path, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in `path` (a manifest, settings); an `error` naming the file when it cannot be read, is not
+    JSON (truncated, corrupt) or is not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path} cannot be read (truncated or corrupt: {problem}).") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} holds a JSON {type(value).__name__}, not an object (corrupt).")
+    return value
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A new temporary path beside `path` for the body to write; renamed to `path` when the body succeeds, removed

@@ -19,6 +19,7 @@ from ddpm_plus.cli import (
     check_finite_arguments,
     check_output_directory,
     check_output_file,
+    check_seed,
     check_text_arguments,
     thread_count,
 )
@@ -426,7 +427,6 @@ def _check_ranges(args: argparse.Namespace) -> None:
     optional_positive += ("num_train_timesteps",)
     optional_positive += ("checkpoints_total_limit",)
     non_negative = ("save_images_steps", "bpd_steps", "eval_fid_every", "checkpointing_steps", "lr_warmup_steps")
-    non_negative += ("seed",)
     non_negative += ("dataloader_num_workers", "max_grad_norm", "adam_weight_decay", "skip_nonfinite_steps")
     for name in positive + optional_positive:
         value = getattr(args, name)
@@ -435,6 +435,8 @@ def _check_ranges(args: argparse.Namespace) -> None:
     for name in non_negative:
         if getattr(args, name) < 0:
             raise ValueError(f"--{name} must not be negative, got {getattr(args, name)}.")
+    # the grids and the held-out bound take seed and seed + 1, the FID's samples seed + i
+    check_seed(args.seed, max(2, args.fid_num_samples if args.eval_fid_every else 0))
     if args.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
     if args.bpd_samples_per_stratum < 2:

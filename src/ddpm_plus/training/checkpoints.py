@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from ddpm_plus.training.errors import CheckpointError, TrainingError
 from ddpm_plus.training.launch import log_on_main_process
 from ddpm_plus.training.step import all_finite
-from ddpm_plus.utils import write_json
+from ddpm_plus.utils import read_json_object, write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -113,7 +113,7 @@ def verify_checkpoint(path: str | Path) -> bool:
     if not manifest_path.is_file():
         _check_structure(path)
         return False
-    files = _read_json(manifest_path)["files"]
+    files = _manifest_files(manifest_path)
     for name, expected in files.items():  # sizes first: cheap, and they catch truncation
         size = (path / name).stat().st_size if (path / name).is_file() else None
         if size is None:
@@ -138,6 +138,17 @@ def _check_structure(path: Path) -> None:
             raise CheckpointError(f"{file} is not a complete safetensors file ({error}).") from None
         if not all_finite(tensor for tensor in tensors.values() if tensor.is_floating_point()):
             raise CheckpointError(f"{file} holds non-finite values (saved after the run diverged).")
+
+
+def _manifest_files(manifest_path: Path) -> dict[str, dict[str, Any]]:
+    """The `files` of a manifest (name -> size and SHA-256); a CheckpointError naming it when it is corrupt."""
+    files = read_json_object(manifest_path, CheckpointError).get("files")
+    entries_valid = isinstance(files, dict) and all(
+        isinstance(entry, dict) and {"size", "sha256"} <= entry.keys() for entry in files.values()
+    )
+    if not entries_valid:
+        raise CheckpointError(f"{manifest_path} is corrupt: it lists no files with their size and sha256.")
+    return files
 
 
 def _read_json(path: Path) -> Any:

@@ -9,13 +9,12 @@ refused in one line before any training.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ddpm_plus.models import learns_sigma
-from ddpm_plus.pipeline_ddpm_plus import image_size
+from ddpm_plus.pipeline_ddpm_plus import PipelineLoadError, check_component_folders, image_size, pretrained_folder
 from ddpm_plus.training.arguments import PRETRAINED_OPTION
 
 PRETRAINED_OPTION = PRETRAINED_OPTION
@@ -56,10 +55,11 @@ def load_pretrained(name_or_path: str) -> Pretrained:
 
     from ddpm_plus.scheduling_ddpm_plus import DDPMPlusScheduler
 
-    directory = _local_directory(name_or_path)
-    for part, file in (("unet", "config.json"), ("scheduler", "scheduler_config.json")):
-        if not (directory / part / file).is_file():
-            raise ValueError(f"{_OPTION} {name_or_path} is not a pipeline folder: it has no {part}/{file}.")
+    try:
+        directory = pretrained_folder(name_or_path)
+        check_component_folders(directory)
+    except PipelineLoadError as error:
+        raise ValueError(f"{_OPTION} {name_or_path}: {error}") from None
     unet_config = _public(UNet2DModel.load_config(directory, subfolder="unet"))
     scheduler_config = _public(DDPMPlusScheduler.load_config(directory, subfolder="scheduler"))
     if unet_config.get("num_class_embeds") is not None:
@@ -90,25 +90,6 @@ def apply_pretrained(args: argparse.Namespace, pretrained: Pretrained) -> None:
         setattr(args, name, value)
     if Path(args.output_dir).resolve() == pretrained.directory.resolve():
         raise ValueError(f"--output_dir {args.output_dir} is the pretrained model's folder; give another one.")
-
-
-def _local_directory(name_or_path: str) -> Path:
-    """A folder as it is; anything else is a Hub id, downloaded (configurations and safetensors, no code)."""
-    if os.path.isdir(name_or_path):
-        return Path(name_or_path)
-    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")) or os.sep * 2 in name_or_path:
-        raise ValueError(f"{_OPTION} {name_or_path} is not a folder (and not a Hub id).")
-    from huggingface_hub.errors import HFValidationError
-
-    from ddpm_plus.pipeline_ddpm_plus import _download_without_code
-
-    try:
-        return Path(_download_without_code(name_or_path, {}))
-    except HFValidationError:
-        raise ValueError(f"{_OPTION} {name_or_path} is neither a folder nor a valid Hub id.") from None
-    except OSError as error:  # offline, unknown repository, no access (huggingface_hub's errors are OSErrors)
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{_OPTION} {name_or_path} could not be downloaded: {reason}") from None
 
 
 def _public(config: dict[str, Any]) -> dict[str, Any]:
