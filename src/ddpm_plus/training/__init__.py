@@ -10,8 +10,9 @@
   loss from `DDPMPlusScheduler.training_losses`, weighted by the sampler's importance weights.
 * `step`: one optimizer step (gradient accumulation, clipping, learning-rate schedule, EMA); a step whose loss or
   gradient is not finite on any process changes nothing.
-* `checkpoints`: atomic checkpoints with a manifest (size and SHA-256 of every file) that a resume verifies, the
-  fallback of "latest" to the newest checkpoint that verifies, and one-line errors for a full disk.
+* `checkpoints`: atomic checkpoints with a manifest (step, run signature, size and SHA-256 of every file) that a
+  resume verifies, the fallback of "latest" to the newest checkpoint that verifies, one-line errors for a full disk,
+  the earlier run that a new one would replace, and the atomic save of the final pipeline.
 * `resume`: the settings a checkpoint must share with the run that resumes it.
 * `evaluation`: sample grids and the held-out bits/dim.
 * `trainer`: `Trainer`, the state of a run and what is done with it (steps, checkpoints and resuming, divergence
@@ -34,7 +35,9 @@ from ddpm_plus.training.checkpoints import (
     EMA_WEIGHTS_FILE,
     MANIFEST_FILE,
     TRAINING_STATE_FILE,
+    EarlierRun,
     ResumeChoice,
+    check_new_run,
     complete_checkpoints,
     disk_is_full,
     explained_write_errors,
@@ -44,6 +47,7 @@ from ddpm_plus.training.checkpoints import (
     remove_unfinished_checkpoints,
     resolve_resume_checkpoint,
     save_checkpoint,
+    save_pipeline,
     verify_checkpoint,
 )
 from ddpm_plus.training.data_order import ShardedBatchSampler, optimizer_step_batches
@@ -69,6 +73,7 @@ __all__ = [
     "TRAINING_STATE_FILE",
     "CheckpointError",
     "DiffusionObjective",
+    "EarlierRun",
     "ObjectiveOutput",
     "ResumeChoice",
     "RunSetup",
@@ -83,6 +88,7 @@ __all__ = [
     "build_optimizer",
     "build_parser",
     "check_arguments",
+    "check_new_run",
     "check_world_size",
     "complete_checkpoints",
     "configure_backends",
@@ -108,6 +114,7 @@ __all__ = [
     "resolve_resume_checkpoint",
     "run_signature",
     "save_checkpoint",
+    "save_pipeline",
     "set_optimizer_hyperparameters",
     "torch_threads_per_process",
     "tracker_config",
