@@ -148,7 +148,7 @@ def _check_identity(path: Path, manifest: dict[str, Any]) -> None:
     state = _read_json(path / TRAINING_STATE_FILE)
     step = state.get("global_step")
     named = _CHECKPOINT_NAME.fullmatch(path.name)
-    if named and int(named.group(1)) != step:
+    if named and step is not None and int(named.group(1)) != step:
         raise CheckpointError(
             f"{path} is named for step {named.group(1)} but holds step {step} (renamed or copied); it is not "
             "resumed from under another step's name."
@@ -157,8 +157,8 @@ def _check_identity(path: Path, manifest: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{path / MANIFEST_FILE} records step {manifest['step']}, but {TRAINING_STATE_FILE} holds step {step}."
         )
-    difference = "run" in manifest and first_difference(manifest["run"], state.get("run", {}))
-    if difference:
+    difference = first_difference(manifest["run"], state.get("run", {})) if "run" in manifest else None
+    if difference is not None:
         raise CheckpointError(
             f"{path / MANIFEST_FILE} records other run settings than {TRAINING_STATE_FILE} ({difference})."
         )
