@@ -26,7 +26,7 @@ from test_train import FAST
 
 from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 from ddpm_plus.cli import main as ddpm_plus
-from ddpm_plus.training import complete_checkpoints
+from ddpm_plus.training import CheckpointError, complete_checkpoints, resolve_resume_checkpoint
 
 SAMPLE = ["--steps", "3", "--num-threads", "1", "--batch-size", "2"]
 BPD = ["--data", "digits", "--max-images", "2", "--num-timesteps", "full", "--num-threads", "1"]
@@ -236,7 +236,7 @@ CASES = {
         copy_run, train("--max_train_steps", "1"),
         refused=lambda tmp_path: f"--output_dir {tmp_path / 'run'} holds the checkpoints checkpoint-1, checkpoint-2 "
         "and a saved pipeline of an earlier run; continue it with --resume_from_checkpoint latest, or pass "
-        "--overwrite_output_dir to replace them with a new run.",
+        "--overwrite_output_dir to replace that run with a new one.",
     ),
     "overwrite-with-a-bad-argument-deletes-nothing": Case(
         copy_run, train("--overwrite_output_dir", "--model_config", "no-such-model"),
@@ -280,24 +280,6 @@ CASES = {
         handled=resumed_past_the_renamed_checkpoint,
         kept=lambda tmp_path: [tmp_path / "run" / "checkpoint-1", tmp_path / "run" / "checkpoint-5"],
     ),
-    "manifest-of-another-step": Case(
-        lambda tmp_path, trained, models: (
-            copy_run(tmp_path, trained, models),
-            edit_manifest(tmp_path / "run" / "checkpoint-2", lambda manifest: manifest.update(step=3)),
-        ),
-        train("--resume_from_checkpoint", "run/checkpoint-2"),
-        refused=lambda tmp_path: f"{Path('run/checkpoint-2/manifest.json')} records step 3, but training_state.json "
-        "holds step 2.",
-    ),
-    "manifest-of-other-settings": Case(
-        lambda tmp_path, trained, models: (
-            copy_run(tmp_path, trained, models),
-            edit_manifest(tmp_path / "run" / "checkpoint-2", lambda manifest: manifest["run"].update(seed=7)),
-        ),
-        train("--resume_from_checkpoint", "run/checkpoint-2"),
-        refused=lambda tmp_path: "run/checkpoint-2/manifest.json records other run settings than training_state.json "
-        "(seed: 7 there, 0 now).",
-    ),
 }  # fmt: skip
 FULL_DISK_AT = {"full-disk-while-saving-the-pipeline": "ddpm_plus.pipeline_ddpm_plus:DDPMPlusPipeline.save_pretrained"}
 
@@ -320,3 +302,26 @@ def test_fault_table(name, trained_run, models, tmp_path):
         case.handled(tmp_path, result.stderr)
         assert tree_hashes(*roots) == before
     assert not list(tmp_path.glob("run/.pipeline.*"))  # no temporary pipeline left
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda manifest: manifest.update(step=3), "records step 3, but training_state.json holds step 2."),
+        (
+            lambda manifest: manifest["run"].update(seed=7),
+            "records other run settings than training_state.json (seed: 7 there, 0 now).",
+        ),
+    ],
+)
+def test_a_manifest_that_disagrees_with_its_checkpoint_is_refused_and_skipped_by_latest(
+    edit, message, trained_run, tmp_path
+):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    edit_manifest(run / "checkpoint-2", edit)
+    reason = f"{run / 'checkpoint-2' / 'manifest.json'} {message}"
+    with pytest.raises(CheckpointError) as refused:
+        resolve_resume_checkpoint(str(run / "checkpoint-2"), run)
+    assert str(refused.value) == reason
+    choice = resolve_resume_checkpoint("latest", run)
+    assert choice.path == run / "checkpoint-1" and choice.rejected == [(run / "checkpoint-2", reason)]

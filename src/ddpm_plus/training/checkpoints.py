@@ -225,7 +225,7 @@ def check_new_run(output_dir: str | Path, resume_from: str | None, overwrite: bo
     if not overwrite:
         raise ValueError(
             f"--output_dir {output_dir} holds {earlier} of an earlier run; continue it with --resume_from_checkpoint "
-            "latest, or pass --overwrite_output_dir to replace them with a new run."
+            "latest, or pass --overwrite_output_dir to replace that run with a new one."
         )
     return earlier
 
