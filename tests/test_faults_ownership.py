@@ -270,10 +270,6 @@ CASES = {
         kept=pipeline_and_checkpoints,
     ),
     # checkpoint identity
-    "renamed-checkpoint": Case(
-        renamed_checkpoint, train("--resume_from_checkpoint", "run/checkpoint-5"),
-        refused=lambda tmp_path: "run/checkpoint-5 is named for step 5 but holds step 2 (renamed or copied)",
-    ),
     "latest-skips-a-renamed-checkpoint": Case(
         renamed_checkpoint,
         train("--max_train_steps", "2", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest"),
@@ -304,24 +300,37 @@ def test_fault_table(name, trained_run, models, tmp_path):
     assert not list(tmp_path.glob("run/.pipeline.*"))  # no temporary pipeline left
 
 
+def rename_checkpoint_2(run: Path) -> Path:
+    return (run / "checkpoint-2").rename(run / "checkpoint-5")
+
+
+def manifest_edit(edit: Callable[[dict], None]) -> Callable[[Path], Path]:
+    def edited(run: Path) -> Path:
+        edit_manifest(run / "checkpoint-2", edit)
+        return run / "checkpoint-2"
+
+    return edited
+
+
 @pytest.mark.parametrize(
-    ("edit", "message"),
+    ("fault", "message"),
     [
-        (lambda manifest: manifest.update(step=3), "records step 3, but training_state.json holds step 2."),
-        (
-            lambda manifest: manifest["run"].update(seed=7),
-            "records other run settings than training_state.json (seed: 7 there, 0 now).",
-        ),
+        (rename_checkpoint_2, "{path} is named for step 5 but holds step 2 (renamed or copied); it is not resumed from "
+         "under another step's name."),
+        (manifest_edit(lambda manifest: manifest.update(step=3)),
+         "{path}/manifest.json records step 3, but training_state.json holds step 2."),
+        (manifest_edit(lambda manifest: manifest["run"].update(seed=7)),
+         "{path}/manifest.json records other run settings than training_state.json (seed: 7 there, 0 now)."),
     ],
-)
-def test_a_manifest_that_disagrees_with_its_checkpoint_is_refused_and_skipped_by_latest(
-    edit, message, trained_run, tmp_path
-):
+)  # fmt: skip
+def test_a_checkpoint_whose_identity_disagrees_is_refused_and_skipped_by_latest(fault, message, trained_run, tmp_path):
+    """Renamed, or a manifest whose step or settings are not the checkpoint's: refused as a path, skipped by latest
+    (the fault table runs the command with the renamed one)."""
     run = shutil.copytree(trained_run, tmp_path / "run")
-    edit_manifest(run / "checkpoint-2", edit)
-    reason = f"{run / 'checkpoint-2' / 'manifest.json'} {message}"
+    path = fault(run)
+    reason = message.format(path=path)
     with pytest.raises(CheckpointError) as refused:
-        resolve_resume_checkpoint(str(run / "checkpoint-2"), run)
+        resolve_resume_checkpoint(str(path), run)
     assert str(refused.value) == reason
     choice = resolve_resume_checkpoint("latest", run)
-    assert choice.path == run / "checkpoint-1" and choice.rejected == [(run / "checkpoint-2", reason)]
+    assert choice.path == run / "checkpoint-1" and choice.rejected == [(path, reason)]

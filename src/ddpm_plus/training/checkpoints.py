@@ -237,7 +237,8 @@ def prepare_output_dir(output_dir: str | Path, accelerator: Accelerator, replace
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         for path in remove_unfinished_checkpoints(output_dir):
-            message = f"Removed {path}, the unfinished checkpoint of an interrupted save."
+            what = "pipeline" if path.name.startswith(f".{_PIPELINE_STAGING}.") else "checkpoint"
+            message = f"Removed {path}, the unfinished {what} of an interrupted save."
             log_on_main_process(__name__, logging.INFO, message)
         if replaced is not None:
             message = (
