@@ -34,6 +34,9 @@ from ddpm_plus.probability_flow import ODELikelihoodResult, check_flow_model, od
 from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, default_device, launched_processes, map_chunks
 from ddpm_plus.utils import derived_seed, first_difference, write_json
 
+# Settings that change how fast a report is made, not its numbers (per-image keys and one network batch per chunk).
+SPEED_SETTINGS = ("batch_size", "num_threads")
+
 
 def run(args: argparse.Namespace) -> int:
     """Run `ddpm-plus bpd` (arguments already checked by `ddpm_plus.cli`); returns the exit status."""
@@ -100,8 +103,9 @@ def _write_outputs(
 
 
 def check_earlier_report(args: argparse.Namespace, scheduler: Any) -> None:
-    """Unless --overwrite, a ValueError for an --output file that is not the report of a run with these settings: a
-    finished report is never replaced by one of other settings without being asked."""
+    """Unless --overwrite, a ValueError for an --output file that is not the report of a run with these settings
+    (those that decide its numbers: not --batch-size or --num-threads): a finished report is never replaced by one of
+    other settings without being asked."""
     if args.output is None or args.overwrite or not args.output.is_file():
         return
     try:
@@ -111,7 +115,8 @@ def check_earlier_report(args: argparse.Namespace, scheduler: Any) -> None:
             f"--output {args.output} exists and is not a report of ddpm-plus bpd; pass --overwrite to replace it, or "
             "give another --output."
         ) from None
-    difference = first_difference(recorded, _resume_settings(args, scheduler))
+    deciding = {key: value for key, value in _resume_settings(args, scheduler).items() if key not in SPEED_SETTINGS}
+    difference = first_difference(recorded, deciding)
     if difference is not None:
         raise ValueError(
             f"--output {args.output} holds the report of an earlier run with other settings ({difference}); pass "
