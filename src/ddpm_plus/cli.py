@@ -33,7 +33,9 @@ writes `samples/000000.png`, `samples/000001.png`, ..., `samples/samples_{N}x{H}
 Image i starts from the noise of a generator seeded with `seed + i`. Images are made in chunks of `--batch-size`
 consecutive indices, each chunk by one process, so under `accelerate launch` the images are the same for any number
 of processes (bitwise, on one kind of device with the same torch threads per process). Run the same command again
-after an interruption: complete images are kept, only the missing ones are made.
+after an interruption: complete images are kept, only the missing ones are made. A folder of images made with other
+settings or another --num-images is refused; --overwrite replaces them. A second command into the same --out while
+one runs is refused, naming the first.
 """
 
 FID_DESCRIPTION = """\
@@ -65,7 +67,8 @@ rate–distortion curve (ddpm_plus.plots; needs the extra ddpm_plus[plot]).
 
 Under `accelerate launch ... -m ddpm_plus.cli bpd ...` the processes share the images and write the 1-process
 report. With `--output FILE`, finished chunks of images wait in FILE.partial/ until the report is written: rerun an
-interrupted command to compute only the rest.
+interrupted command to compute only the rest. A report or partial results of other settings at FILE are refused;
+--overwrite replaces them.
 
 `--method ode` computes instead the exact likelihood of the probability-flow ODE (ddpm_plus.probability_flow):
 each image dequantized `--draws` times (uniform noise within its 8-bit bin, an upper bound on the discrete code
