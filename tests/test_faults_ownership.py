@@ -322,6 +322,7 @@ def manifest_edit(edit: Callable[[dict], None]) -> Callable[[Path], Path]:
         (manifest_edit(lambda manifest: manifest["run"].update(seed=7)),
          "{path}/manifest.json records other run settings than training_state.json (seed: 7 there, 0 now)."),
     ],
+    ids=["renamed", "manifest-of-another-step", "manifest-of-other-settings"],
 )  # fmt: skip
 def test_a_checkpoint_whose_identity_disagrees_is_refused_and_skipped_by_latest(fault, message, trained_run, tmp_path):
     """Renamed, or a manifest whose step or settings are not the checkpoint's: refused as a path, skipped by latest
