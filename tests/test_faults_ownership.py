@@ -80,40 +80,45 @@ class Holder:
     holder: str  # the holder's command in the refusal
 
 
-def train_command(tmp_path: Path, models: Path) -> list[str]:
-    return [
-        "train",
-        "--output_dir",
-        str(tmp_path / "run"),
-        *FAST,
-        "--max_train_steps",
-        "4",
-        "--checkpointing_steps",
-        "1",
-    ]
+def train(*extra: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp_path, models: ["train", "--output_dir", str(tmp_path / "run"), *FAST, *extra]
+
+
+def sample(*extra: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp_path, models: [
+        "ddpm-plus", "sample", "--model", str(models / "rgb"), *SAMPLE, "--out", str(tmp_path / "grid.png"), *extra
+    ]  # fmt: skip
+
+
+def bpd(*extra: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp_path, models: [
+        "ddpm-plus", "bpd", "--model", str(models / "grey"), *BPD, "--output", str(tmp_path / "bpd.json"), *extra
+    ]  # fmt: skip
+
+
+def convert(*extra: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp_path, models: [
+        "ddpm-plus", "convert", *CONVERT, "--checkpoint", str(models / "upstream.pt"),
+        "--out", str(tmp_path / "converted"), *extra,
+    ]  # fmt: skip
 
 
 HOLDERS = {
     "train-mid-save": Holder(  # held while checkpoint-2 is being written: .checkpoint-2.tmp must survive the second run
-        "ddpm_plus.training.trainer:Trainer.write_extra_state", 2, train_command,
+        "ddpm_plus.training.trainer:Trainer.write_extra_state", 2,
+        train("--max_train_steps", "4", "--checkpointing_steps", "1"),
         lambda tmp_path: f"--output_dir {tmp_path / 'run'}", "train.py",
     ),
     "sample": Holder(
-        "ddpm_plus.cli_sample:write_outputs", 1,
-        lambda tmp_path, models: ["ddpm-plus", "sample", "--model", str(models / "rgb"), "--num-images", "3", *SAMPLE,
-                                  "--out", str(tmp_path / "grid.png")],
+        "ddpm_plus.cli_sample:write_outputs", 1, sample("--num-images", "3"),
         lambda tmp_path: f"--out {tmp_path / 'grid.png'}", "ddpm-plus sample",
     ),
     "bpd": Holder(
-        "ddpm_plus.cli_bpd:_write_outputs", 1,
-        lambda tmp_path, models: ["ddpm-plus", "bpd", "--model", str(models / "grey"), *BPD,
-                                  "--output", str(tmp_path / "bpd.json")],
+        "ddpm_plus.cli_bpd:_write_outputs", 1, bpd(),
         lambda tmp_path: f"--output {tmp_path / 'bpd.json'}", "ddpm-plus bpd",
     ),
     "convert": Holder(
-        "ddpm_plus.cli_convert:save_conversion", 1,
-        lambda tmp_path, models: ["ddpm-plus", "convert", *CONVERT, "--checkpoint", str(models / "upstream.pt"),
-                                  "--out", str(tmp_path / "converted")],
+        "ddpm_plus.cli_convert:save_conversion", 1, convert(),
         lambda tmp_path: f"--out {tmp_path / 'converted'}", "ddpm-plus convert",
     ),
 }  # fmt: skip
@@ -169,22 +174,6 @@ def copy_run(tmp_path: Path, trained: Path, models: Path) -> None:
 def renamed_checkpoint(tmp_path: Path, trained: Path, models: Path) -> None:
     copy_run(tmp_path, trained, models)
     (tmp_path / "run" / "checkpoint-2").rename(tmp_path / "run" / "checkpoint-5")
-
-
-def train(*extra: str) -> Callable[[Path, Path], list[str]]:
-    return lambda tmp_path, models: ["train", "--output_dir", str(tmp_path / "run"), *FAST, *extra]
-
-
-def sample(*extra: str) -> Callable[[Path, Path], list[str]]:
-    return lambda tmp_path, models: [
-        "ddpm-plus", "sample", "--model", str(models / "rgb"), *SAMPLE, "--out", str(tmp_path / "grid.png"), *extra
-    ]  # fmt: skip
-
-
-def bpd(*extra: str) -> Callable[[Path, Path], list[str]]:
-    return lambda tmp_path, models: [
-        "ddpm-plus", "bpd", "--model", str(models / "grey"), *BPD, "--output", str(tmp_path / "bpd.json"), *extra
-    ]  # fmt: skip
 
 
 def earlier(command: Callable[[Path, Path], list[str]]) -> Callable[[Path, Path, Path], None]:
