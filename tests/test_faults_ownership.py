@@ -26,7 +26,7 @@ from test_train import FAST
 
 from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 from ddpm_plus.cli import main as ddpm_plus
-from ddpm_plus.training import CheckpointError, complete_checkpoints, resolve_resume_checkpoint
+from ddpm_plus.training import CheckpointError, check_new_run, complete_checkpoints, resolve_resume_checkpoint
 
 SAMPLE = ["--steps", "3", "--num-threads", "1", "--batch-size", "2"]
 BPD = ["--data", "digits", "--max-images", "2", "--num-timesteps", "full", "--num-threads", "1"]
@@ -324,3 +324,17 @@ def test_a_checkpoint_whose_identity_disagrees_is_refused_and_skipped_by_latest(
     assert str(refused.value) == reason
     choice = resolve_resume_checkpoint("latest", run)
     assert choice.path == run / "checkpoint-1" and choice.rejected == [(path, reason)]
+
+
+def test_latest_without_a_checkpoint_over_a_saved_pipeline_is_a_new_run_and_refused(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    assert check_new_run(run, "latest", overwrite=False) is None  # it resumes
+    for checkpoint in run.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    with pytest.raises(ValueError) as refused:
+        check_new_run(run, "latest", overwrite=False)
+    assert str(refused.value) == (
+        f"--output_dir {run} holds a saved pipeline of an earlier run but no checkpoint to resume from; give another "
+        "--output_dir, or pass --overwrite_output_dir instead of --resume_from_checkpoint to replace that run with a "
+        "new one."
+    )

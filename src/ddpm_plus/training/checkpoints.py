@@ -214,14 +214,22 @@ class EarlierRun:
 
 
 def check_new_run(output_dir: str | Path, resume_from: str | None, overwrite: bool) -> EarlierRun | None:
-    """The earlier run that a new run (no `resume_from`) replaces in `output_dir` with `overwrite`
-    (--overwrite_output_dir), or None; without `overwrite`, a ValueError when there is one."""
+    """The earlier run that a new run replaces in `output_dir` with `overwrite` (--overwrite_output_dir), or None;
+    without `overwrite`, a ValueError when there is one. A run is new without `resume_from`, and with "latest" when
+    there is no checkpoint to resume from."""
     output_dir = Path(output_dir)
     earlier = EarlierRun(
         [path for _, path in complete_checkpoints(output_dir)], (output_dir / PIPELINE_INDEX_FILE).is_file()
     )
-    if resume_from is not None or not (earlier.checkpoints or earlier.pipeline):
+    resumes = resume_from is not None and (resume_from != "latest" or bool(earlier.checkpoints))
+    if resumes or not (earlier.checkpoints or earlier.pipeline):
         return None
+    if resume_from is not None:
+        raise ValueError(
+            f"--output_dir {output_dir} holds {earlier} of an earlier run but no checkpoint to resume from; give "
+            "another --output_dir, or pass --overwrite_output_dir instead of --resume_from_checkpoint to replace that "
+            "run with a new one."
+        )
     if not overwrite:
         raise ValueError(
             f"--output_dir {output_dir} holds {earlier} of an earlier run; continue it with --resume_from_checkpoint "
