@@ -1,16 +1,23 @@
 """The fault table's checks (tests/test_faults_*.py): a command run as a user runs it, in a subprocess on the CPU, and
 its outcome: either one line and exit code 2 before any work, or correct handling; and in both cases, that no earlier
-output changed (the hashes of every file before and after)."""
+output changed (the hashes of every file before and after). A command can also run with a fault at a call of a
+function (`tests/helpers/fault_at.py`): held there while the test acts (`held_at`), or a full disk after it
+(`run_with_full_disk`)."""
 
 import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from helpers.launch import cpu_environment
+from helpers.launch import REPO, cpu_environment
 from helpers.train_with_faults import TRAIN_SCRIPT
+
+FAULT_LAUNCHER = REPO / "tests" / "helpers" / "fault_at.py"
 
 
 def tree_hashes(*roots: Path) -> dict[str, str]:
@@ -54,3 +61,34 @@ def assert_refused_without_change(
     message = refusal(result)
     assert fragment in message, message
     assert tree_hashes(*roots) == before
+
+
+def run_with_full_disk(target: str, *command: str, cwd: Path, call: int = 1) -> subprocess.CompletedProcess:
+    """`command` (`train ARGS` or `ddpm-plus ARGS`) with a full disk right after the `call`-th call of `target`
+    (`module:Name.attribute`)."""
+    launcher = [sys.executable, str(FAULT_LAUNCHER), "--full_disk", target, "--call", str(call), "--"]
+    return subprocess.run(
+        [*launcher, *command], env=cpu_environment(), capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+@contextmanager
+def held_at(target: str, *command: str, cwd: Path, call: int = 1, timeout: float = 120) -> Iterator[int]:
+    """`command` (`train ARGS` or `ddpm-plus ARGS`) in a subprocess, held at the `call`-th call of `target` while
+    the body runs (it then holds its output location); yields its process id. It is killed (SIGKILL) at the end."""
+    with tempfile.TemporaryDirectory() as scratch:
+        marker, log = Path(scratch) / "held", Path(scratch) / "log"
+        launcher = [sys.executable, str(FAULT_LAUNCHER), "--hold", target, "--call", str(call), "--marker", str(marker)]
+        with open(log, "w") as output:
+            process = subprocess.Popen(
+                [*launcher, "--", *command], env=cpu_environment(), stdout=output, stderr=output, cwd=cwd
+            )
+        try:
+            deadline = time.monotonic() + timeout
+            while not marker.exists():
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.1)
+            yield process.pid
+        finally:
+            process.kill()
+            process.wait()

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ddpm_plus.hub import push_pipeline_to_hub
 from ddpm_plus.model_card import write_model_card
+from ddpm_plus.ownership import folder_lock_file, owned
 from ddpm_plus.timestep_samplers import create_timestep_sampler
 from ddpm_plus.training import (
     DiffusionObjective,
@@ -60,6 +61,7 @@ from ddpm_plus.training import (
     TrainingGenerators,
     TrainingStep,
     build_optimizer,
+    check_arguments,
     configure_backends,
     create_accelerator,
     dataset_description,
@@ -72,6 +74,7 @@ from ddpm_plus.training import (
     prepare_training_fid,
     process_group_lifetime,
     resolve_max_train_steps,
+    save_pipeline,
     tracker_config,
 )
 from ddpm_plus.utils import public_settings
@@ -211,9 +214,10 @@ def save_outputs(trainer: Trainer) -> None:
         if not trainer.accelerator.is_main_process:
             return
         pipeline = trainer.pipeline(trainer.evaluation_unet())
-        pipeline.save_pretrained(args.output_dir)
+        save_pipeline(pipeline, args.output_dir)  # atomically: an earlier pipeline stays until this one is complete
         card = model_card_arguments(trainer, results)
         write_model_card(args.output_dir, repo_id=args.hub_model_id, **card)
+    trainer.remove_replaced_checkpoints()  # with --overwrite_output_dir and no checkpoint of this run
     if args.push_to_hub:
         repo_id = hub_repo_id(args)
         push_pipeline_to_hub(pipeline, repo_id, token=args.hub_token, private=args.hub_private_repo, **card)
@@ -258,7 +262,16 @@ def resolved_settings(trainer: Trainer) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Train as `args` say and write the outputs; returns the exit status (0). Errors propagate (see `run`)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    setup = prepare_run(args)  # everything that can fail on bad input, before any work
+    check_arguments(args)
+    # The run owns --output_dir from here to its end: a second run into it is refused before reading it.
+    with owned(folder_lock_file(Path(args.output_dir)), f"--output_dir {args.output_dir}", Path(__file__).name):
+        setup = prepare_run(args)  # everything else that can fail on bad input, before any work
+        train_and_save(args, setup)
+    return 0
+
+
+def train_and_save(args: argparse.Namespace, setup: RunSetup) -> None:
+    """Build the run on this process's accelerator, train it and write the outputs."""
     threads = configure_backends(args)
     accelerator = create_accelerator(
         mixed_precision=args.mixed_precision,
@@ -268,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
     )
     with process_group_lifetime(accelerator):
         trainer = build_trainer(args, setup, accelerator)
-        prepare_output_dir(args.output_dir, accelerator)
+        prepare_output_dir(args.output_dir, accelerator, setup.replaced)
         if args.eval_fid_every:
             trainer.fid = prepare_training_fid(
                 args, setup.fid_reference_set, accelerator, num_inference_steps=inference_steps(args)
@@ -288,7 +301,6 @@ def main(args: argparse.Namespace) -> int:
         logger.info(
             f"Done in {time.perf_counter() - started:.0f} s; outputs in {args.output_dir}.", main_process_only=True
         )
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:

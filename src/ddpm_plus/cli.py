@@ -5,6 +5,7 @@ so `--help` and argument errors answer at once and a run never fails at the end 
 sub-command's module (`cli_sample`, `cli_fid`, `cli_bpd`, `cli_convert`), which imports torch, is imported only to
 run it.
 A user error (an invalid value, an unwritable output, a bad model or data set) is one line on stderr and exit code 2.
+Each sub-command that writes holds the lock of its output location while it runs (`ddpm_plus.ownership`).
 """
 
 import argparse
@@ -16,7 +17,10 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+
+from ddpm_plus.ownership import beside_lock_file, owned
 
 SAMPLE_DESCRIPTION = """\
 Generate images with a saved DDPM pipeline: single PNGs, one .npz archive for FID evaluators, a grid, a manifest.
@@ -30,7 +34,9 @@ writes `samples/000000.png`, `samples/000001.png`, ..., `samples/samples_{N}x{H}
 Image i starts from the noise of a generator seeded with `seed + i`. Images are made in chunks of `--batch-size`
 consecutive indices, each chunk by one process, so under `accelerate launch` the images are the same for any number
 of processes (bitwise, on one kind of device with the same torch threads per process). Run the same command again
-after an interruption: complete images are kept, only the missing ones are made.
+after an interruption: complete images are kept, only the missing ones are made. A folder of images made with other
+settings or another --num-images is refused; --overwrite replaces them. A second command into the same --out while
+one runs is refused, naming the first.
 """
 
 FID_DESCRIPTION = """\
@@ -62,7 +68,8 @@ rate–distortion curve (ddpm_plus.plots; needs the extra ddpm_plus[plot]).
 
 Under `accelerate launch ... -m ddpm_plus.cli bpd ...` the processes share the images and write the 1-process
 report. With `--output FILE`, finished chunks of images wait in FILE.partial/ until the report is written: rerun an
-interrupted command to compute only the rest.
+interrupted command to compute only the rest. A report or partial results of other settings at FILE are refused;
+--overwrite replaces them.
 
 `--method ode` computes instead the exact likelihood of the probability-flow ODE (ddpm_plus.probability_flow):
 each image dequantized `--draws` times (uniform noise within its 8-bit bin, an upper bound on the discrete code
@@ -129,17 +136,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ddpm-plus` console script: parse, check (no torch yet), then run the sub-command's
-    module; returns its exit status, or 2 with one line on stderr for a user error (a `ValueError`)."""
+    """Entry point of the `ddpm-plus` console script: parse, check (no torch yet), lock the output location, then
+    run the sub-command's module; returns its exit status, or 2 with one line on stderr for a user error (a
+    `ValueError`, e.g. an output location in use by another run)."""
     args = build_parser().parse_args(argv)
     try:
         check_text_arguments(args, option_name)
         check_finite_arguments(args, option_name)
         args.check(args)
-        return importlib.import_module(args.module).run(args)
+        with output_lock(args):
+            return importlib.import_module(args.module).run(args)
     except ValueError as error:
         print(f"ddpm-plus {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def output_lock(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """The lock of the sub-command's output location (a lock file beside it), or none for a command that writes
+    nothing."""
+    location = args.output_location(args)
+    if location is None:
+        return nullcontext()
+    option, path = location
+    return owned(beside_lock_file(path), f"{option} {path}", f"ddpm-plus {args.command}")
+
+
+def _located(*names: str) -> Callable[[argparse.Namespace], tuple[str, Path] | None]:
+    """The output location of a sub-command: the first of the options `names` (attribute names) that is given, with
+    its option."""
+
+    def location(args: argparse.Namespace) -> tuple[str, Path] | None:
+        for name in names:
+            if getattr(args, name) is not None:
+                return f"--{name.replace('_', '-')}", getattr(args, name)
+        return None
+
+    return location
 
 
 # --------------------------------------------------------------------------------------------- sub-commands
@@ -172,7 +204,13 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per network call (default 16)")
     parser.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square)")
     parser.add_argument("--out", type=_png_path, required=True, help="grid PNG; single images go to a folder beside it")
-    parser.set_defaults(module="ddpm_plus.cli_sample", check=_check_sample_arguments)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the images of an earlier run with other settings or another --num-images in --out's folder "
+        "(default: refuse)",
+    )
+    parser.set_defaults(module="ddpm_plus.cli_sample", check=_check_sample_arguments, output_location=_located("out"))
 
 
 def _check_sample_arguments(args: argparse.Namespace) -> None:
@@ -210,7 +248,7 @@ def _add_fid_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output", type=Path, default=None, help="write the metrics and settings as JSON (default: print only)"
     )
-    parser.set_defaults(module="ddpm_plus.cli_fid", check=_check_fid_arguments)
+    parser.set_defaults(module="ddpm_plus.cli_fid", check=_check_fid_arguments, output_location=_located("output"))
 
 
 def _check_fid_arguments(args: argparse.Namespace) -> None:
@@ -263,7 +301,14 @@ def _add_bpd_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="write the figure of the terms and the rate-distortion curve (PNG; default: none)",
     )
-    parser.set_defaults(module="ddpm_plus.cli_bpd", check=_check_bpd_arguments)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a report or partial results of other settings at --output (default: refuse)",
+    )
+    parser.set_defaults(
+        module="ddpm_plus.cli_bpd", check=_check_bpd_arguments, output_location=_located("output", "plot")
+    )
 
 
 def _check_bpd_arguments(args: argparse.Namespace) -> None:
@@ -297,7 +342,7 @@ def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
-    parser.set_defaults(module="ddpm_plus.cli_convert", check=_check_convert_arguments)
+    parser.set_defaults(module="ddpm_plus.cli_convert", check=_check_convert_arguments, output_location=_located("out"))
 
 
 def _check_convert_arguments(args: argparse.Namespace) -> None:

@@ -8,13 +8,15 @@ prints as one line with exit code 2.
 Under `accelerate launch` the processes share the images in chunks (one network batch each, the same chunks for any
 number of processes) and gather the per-image results in image order, so the report is the 1-process one. With
 `--output FILE`, each finished chunk is kept in `FILE.partial/` until the report is written: a rerun of the same
-command after an interruption computes only the chunks that are missing there.
+command after an interruption computes only the chunks that are missing there. A report or partial results of other
+settings at `--output` are refused in one line, or replaced with `--overwrite`.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import shutil
 import time
@@ -31,7 +33,10 @@ from ddpm_plus.pipeline_ddpm_plus import image_size
 from ddpm_plus.probability_flow import ODELikelihoodResult, check_flow_model, ode_likelihood
 from ddpm_plus.resources import FLOAT32_BYTES, check_memory, first_level_channels, images_bytes, network_batch_bytes
 from ddpm_plus.sharding import ChunkStore, Processes, chunks_of, default_device, launched_processes, map_chunks
-from ddpm_plus.utils import derived_seed, write_json
+from ddpm_plus.utils import derived_seed, first_difference, write_json
+
+# Settings that change how fast a report is made, not its numbers (per-image keys and one network batch per chunk).
+SPEED_SETTINGS = ("batch_size", "num_threads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,13 +51,16 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.method == "ode":
             check_flow_model(unet, scheduler)
+        check_earlier_report(args, scheduler)
         dataset, count = open_images(args.data, args.split, unet.config, args.max_images)
         check_request(unet.config, scheduler.config.num_train_timesteps, count, args, processes.device(args.device))
         images = torch.stack([dataset[index] for index in range(count)])
         store = (
             None
             if args.output is None
-            else ChunkStore(partial_results(args.output), _resume_settings(args, scheduler), processes)
+            else ChunkStore(
+                partial_results(args.output), _resume_settings(args, scheduler), processes, replace=args.overwrite
+            )
         )
         start = time.perf_counter()
         if args.method == "ode":
@@ -95,6 +103,28 @@ def _write_outputs(
         else:
             save_bound_figure(result, args.plot, pilot=pilot, model_name=model_name)
         print(f"wrote {args.plot}")
+
+
+def check_earlier_report(args: argparse.Namespace, scheduler: Any) -> None:
+    """Unless --overwrite, a ValueError for an --output file that is not the report of a run with these settings
+    (those that decide its numbers: not --batch-size or --num-threads): a finished report is never replaced by one of
+    other settings without being asked."""
+    if args.output is None or args.overwrite or not args.output.is_file():
+        return
+    try:
+        recorded = json.loads(args.output.read_text(encoding="utf-8"))["settings"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(
+            f"--output {args.output} exists and is not a report of ddpm-plus bpd; pass --overwrite to replace it, or "
+            "give another --output."
+        ) from None
+    deciding = {key: value for key, value in _resume_settings(args, scheduler).items() if key not in SPEED_SETTINGS}
+    difference = first_difference(recorded, deciding)
+    if difference is not None:
+        raise ValueError(
+            f"--output {args.output} holds the report of an earlier run with other settings ({difference}); pass "
+            "--overwrite to replace it, or give another --output."
+        )
 
 
 def partial_results(output: Path) -> Path:
@@ -380,7 +410,7 @@ def _settings(args: argparse.Namespace, scheduler: Any) -> dict[str, Any]:
     settings = {
         key: str(value) if isinstance(value, Path) else value
         for key, value in method_settings(args).items()
-        if key not in ("command", "module", "check")
+        if key not in ("command", "module", "check", "output_location", "overwrite")
     }
     settings["num_train_timesteps"] = scheduler.config.num_train_timesteps
     settings["variance_type"] = scheduler.config.variance_type

@@ -12,7 +12,9 @@ Image i starts from the noise of a CPU generator seeded with `seed + i`. The ima
 `--batch-size` consecutive indices, one network batch each, and every chunk is made whole by one process, so each
 image meets the same arithmetic for any number of processes: the files are bitwise identical on the same kind of
 device with the same number of torch threads per process. A rerun keeps the chunks whose images all decode at the
-right size and mode, and makes the others again.
+right size and mode, and makes the others again. A folder of images made with other settings or another
+`--num-images` is refused in one line; with `--overwrite`, images of other settings are removed once every check
+has passed, and the archive and images of another count once the new archive is written.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ddpm_plus.sharding import (
     launched_processes,
     sample_images,
 )
-from ddpm_plus.utils import atomic_path, read_json_object, write_json
+from ddpm_plus.utils import atomic_path, first_difference, read_json_object, write_json
 
 if TYPE_CHECKING:
     from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
@@ -88,6 +90,16 @@ class SampleLayout:
         """The PIL mode of the images (diffusers' `numpy_to_pil`): "L" for 1 channel, "RGB" for 3."""
         return "L" if self.channels == 1 else "RGB"
 
+    def holds(self, path: Path) -> bool:
+        """Whether `path`, a single image or an archive in the folder, belongs to this run: its archive, or an image
+        of an index below its count."""
+        return path == self.archive_path or (path.suffix == ".png" and int(path.stem) < self.count)
+
+    def sample_files(self) -> list[Path]:
+        """The single images and archives in the folder, of this run or of earlier ones."""
+        images = [path for path in self.directory.glob("*.png") if path.stem.isdigit()]
+        return images + sorted(self.directory.glob("samples_*x*x*x*.npz"))
+
     def is_complete(self, index: int) -> bool:
         """Whether image `index` exists, decodes, and has the size and mode of this run's images."""
         try:
@@ -104,19 +116,25 @@ def run(args: argparse.Namespace) -> int:
     from ddpm_plus.cli import check_sample_precision, sample_image_directory
 
     directory = sample_image_directory(args.out)
-    check_resumable(directory, requested_settings(args))
+    check_resumable(directory, {**requested_settings(args), "num_images": args.num_images}, args.overwrite)
     args.device = default_device(args.device)
     check_sample_precision(args.dtype, args.device)
     with launched_processes(cpu=args.device == "cpu", num_threads=args.num_threads) as processes:
         pipeline = load_pipeline(args.model, args.dtype, processes.device(args.device), processes.is_main)
         steps = sampling_steps(args, pipeline)
         layout = sample_layout(directory, args.num_images, pipeline)
-        check_request(layout, args, pipeline, steps)
-        manifest = build_manifest(args, pipeline, steps)
-        check_resumable(directory, manifest)
+        evaluations = check_request(layout, args, pipeline, steps)
         if processes.is_main:
+            print(evaluations)
+        manifest = build_manifest(args, pipeline, steps)
+        replace = check_resumable(directory, manifest, args.overwrite)
+        processes.wait_for_everyone()  # every process has read the earlier manifest before it is replaced
+        if processes.is_main:
+            if replace:  # after every check; images of other settings must never count as complete
+                remove_earlier_files(layout, keep_current=False)
             write_json(layout.directory / MANIFEST_FILE, manifest)
             remove_unfinished_files(layout.directory)
+        processes.wait_for_everyone()
         chunks = processes.concatenate(incomplete_chunks(layout, processes, args.batch_size))
         incomplete = sorted(chunks, key=lambda chunk: chunk.start)
         if not incomplete and processes.is_main:
@@ -239,20 +257,30 @@ def build_manifest(args: argparse.Namespace, pipeline: DDPMPlusPipeline, steps: 
     }
 
 
-def check_resumable(directory: Path, settings: dict[str, Any]) -> None:
-    """Raise a `ValueError` when `directory` holds images made with other settings: its manifest differs from
-    `settings` in one of `IMAGE_SETTINGS` that `settings` has."""
+def check_resumable(directory: Path, settings: dict[str, Any], overwrite: bool) -> bool:
+    """Whether `directory` holds images made with other settings, which `overwrite` replaces: its manifest differs
+    from `settings` in one of `IMAGE_SETTINGS` that `settings` has. Without `overwrite`, that or another
+    `num_images` raises a `ValueError`: finished work is not replaced without being asked."""
     path = directory / MANIFEST_FILE
     if not path.is_file():
-        return
+        return False
     previous = read_json_object(path)
-    changed = [key for key in IMAGE_SETTINGS if key in settings and previous.get(key) != settings[key]]
-    if changed:
-        key = changed[0]
+    pixels = {key: settings[key] for key in IMAGE_SETTINGS if key in settings}
+    difference = first_difference(previous, {**pixels, "num_images": settings["num_images"]})
+    if difference is not None and not overwrite:
         raise ValueError(
-            f"{directory} holds images made with other settings ({key}: {previous.get(key)!r} there, "
-            f"{settings[key]!r} now); give another --out, or remove that folder to start again."
+            f"{directory} holds images made with other settings ({difference}); pass --overwrite to replace them, "
+            "or give another --out."
         )
+    return first_difference(previous, pixels) is not None
+
+
+def remove_earlier_files(layout: SampleLayout, *, keep_current: bool) -> None:
+    """Remove the single images and archives of earlier runs from the layout's folder: all of them, or with
+    `keep_current` those that are not this run's (images beyond its count, archives of another count)."""
+    for path in layout.sample_files():
+        if not (keep_current and layout.holds(path)):
+            path.unlink()
 
 
 def remove_unfinished_files(directory: Path) -> None:
@@ -299,12 +327,14 @@ def generate_chunks(
 
 
 def write_outputs(layout: SampleLayout, grid_path: Path, nrow: int | None) -> None:
-    """Stream every image (all processes' work) into the `.npz` archive, and draw the grid of the first ones."""
+    """Stream every image (all processes' work) into the `.npz` archive, and draw the grid of the first ones; then
+    remove what earlier runs of another count left (see `remove_earlier_files`)."""
     write_archive(layout)
     shown = np.stack([read_image(layout, index) for index in range(min(GRID_IMAGES, layout.count))])
     grid = make_grid(shown, nrow=nrow or max(1, round(math.sqrt(len(shown)))))
     with atomic_path(grid_path) as temporary:
         grid.save(temporary, format="PNG")
+    remove_earlier_files(layout, keep_current=True)
 
 
 def write_archive(layout: SampleLayout) -> None:

@@ -19,7 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from ddpm_plus.pipeline_ddpm_plus import image_size
-from ddpm_plus.utils import Settings, public_settings
+from ddpm_plus.utils import Settings, atomic_path, public_settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,7 +45,8 @@ def write_model_card(
     conversion: Mapping[str, Any] | None = None,
     base_model: str | None = None,
 ) -> ModelCard:
-    """Write `README.md` (and `sample_grid.png`, `bound.png`) into a saved pipeline directory and return the card.
+    """Write `README.md` (atomically) and `sample_grid.png`, `bound.png` into a saved pipeline directory and return
+    the card.
 
     Args:
         directory: a directory written by `DDPMPlusPipeline.save_pretrained` (its configs and weights are read).
@@ -89,7 +90,8 @@ def write_model_card(
         base_model=base_model,
         **_model_facts(directory, (conversion or {}).get("timestep_respacing")),
     )
-    card.save(directory / "README.md")
+    with atomic_path(directory / "README.md") as temporary:
+        card.save(temporary)
     return card
 
 

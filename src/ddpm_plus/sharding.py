@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_plus.utils import atomic_path, read_json_object, write_json
+from ddpm_plus.utils import atomic_path, first_difference, read_json_object, write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -166,20 +167,28 @@ class ChunkStore:
     """The results of finished chunks, one safetensors file each in `directory`, so that a rerun after a kill
     computes only the others. A result is a dataclass whose fields are tensors, None or JSON values; tensors keep
     their exact bits. The folder remembers the settings it was made with (`settings.json`); results made with
-    other settings are refused with a `ValueError`, never mixed."""
+    other settings are refused with a `ValueError`, never mixed, or with `replace` removed."""
 
     SETTINGS_FILE = "settings.json"
 
-    def __init__(self, directory: Path, settings: dict[str, Any], processes: Processes):
+    def __init__(self, directory: Path, settings: dict[str, Any], processes: Processes, *, replace: bool = False):
         self.directory = directory
         path = directory / self.SETTINGS_FILE
-        if path.is_file() and read_json_object(path) != settings:
+        recorded = read_json_object(path) if path.is_file() else settings
+        stale = recorded != settings
+        if stale and not replace:
+            difference = first_difference(recorded, settings) or "more settings recorded there"
             raise ValueError(
-                f"{directory} holds partial results of other settings; remove it to start again, or rerun with the "
-                f"settings in {path}."
+                f"{directory} holds partial results of other settings ({difference}); pass --overwrite to replace "
+                f"them, or rerun with the settings in {path}."
             )
+        processes.wait_for_everyone()  # every process has read the settings before the main one replaces them
         if processes.is_main:
+            if stale:
+                shutil.rmtree(directory)
             write_json(path, settings)
+        if stale:
+            processes.wait_for_everyone()  # no process reads a stale result
 
     def _path(self, chunk: range) -> Path:
         return self.directory / f"chunk-{chunk.start:08d}-{chunk.stop:08d}.safetensors"

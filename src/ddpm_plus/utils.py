@@ -1,4 +1,5 @@
-"""Small helpers that several modules of the package share: atomic files, derived seeds and public settings.
+"""Small helpers that several modules of the package share: atomic files and folders, derived seeds, public settings
+and the comparison of recorded settings.
 
 They stay in the package: the code files shipped with saved pipelines never import them.
 """
@@ -81,6 +82,43 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_entries(directory: str | Path, name: str, *, last: str) -> Iterator[Path]:
+    """A new temporary folder `.<name>.tmp` inside `directory` for the body to fill; when the body succeeds, each of
+    its entries takes the place of the entry of that name in `directory`, by renames only (no data is written then,
+    so a full disk cannot interrupt it), and the entries replaced are removed (through `.<name>.old`). The entry
+    `last` (e.g. the file that marks a folder as complete) leaves first and arrives last. When the body fails, the
+    temporary folder is removed and `directory` is as it was. Leftovers of an interrupted call are replaced."""
+    directory = Path(directory)
+    temporary, replaced = directory / f".{name}.tmp", directory / f".{name}.old"
+    for leftover in (temporary, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    replaced.mkdir()
+    entries = sorted(temporary.iterdir(), key=lambda entry: entry.name == last)  # `last` at the end
+    for entry in reversed(entries):
+        if os.path.lexists(directory / entry.name):
+            os.replace(directory / entry.name, replaced / entry.name)
+    for entry in entries:
+        os.replace(entry, directory / entry.name)
+    temporary.rmdir()
+    shutil.rmtree(replaced)
+
+
+def first_difference(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """'name: A there, B now' for the first setting of `current` whose value `recorded` (e.g. an earlier run's
+    manifest) does not share, or None when all agree."""
+    for key, value in current.items():
+        if recorded.get(key) != value:
+            return f"{key}: {recorded.get(key)!r} there, {value!r} now"
+    return None
 
 
 def derived_seed(*keys: int) -> int:

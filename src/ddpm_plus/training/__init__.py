@@ -10,8 +10,9 @@
   loss from `DDPMPlusScheduler.training_losses`, weighted by the sampler's importance weights.
 * `step`: one optimizer step (gradient accumulation, clipping, learning-rate schedule, EMA); a step whose loss or
   gradient is not finite on any process changes nothing.
-* `checkpoints`: atomic checkpoints with a manifest (size and SHA-256 of every file) that a resume verifies, the
-  fallback of "latest" to the newest checkpoint that verifies, and one-line errors for a full disk.
+* `checkpoints`: atomic checkpoints with a manifest (step, run signature, size and SHA-256 of every file) that a
+  resume verifies, the fallback of "latest" to the newest checkpoint that verifies, one-line errors for a full disk,
+  the earlier run that a new one would replace, and the atomic save of the final pipeline.
 * `resume`: the settings a checkpoint must share with the run that resumes it.
 * `evaluation`: sample grids and the held-out bits/dim.
 * `trainer`: `Trainer`, the state of a run and what is done with it (steps, checkpoints and resuming, divergence
@@ -33,6 +34,9 @@ _EXPORTS = {
     "resolve_max_train_steps": "arguments",
     "tracker_config": "arguments",
     "EMA_WEIGHTS_FILE": "checkpoints",
+    "EarlierRun": "checkpoints",
+    "check_new_run": "checkpoints",
+    "save_pipeline": "checkpoints",
     "MANIFEST_FILE": "checkpoints",
     "ResumeChoice": "checkpoints",
     "TRAINING_STATE_FILE": "checkpoints",

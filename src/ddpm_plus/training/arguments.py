@@ -234,6 +234,13 @@ def _add_optimization_arguments(group: argparse._ArgumentGroup) -> None:
 
 def _add_output_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--output_dir", required=True, help="Pipeline, samples, bits/dim, logs and checkpoints.")
+    group.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start a new run in an --output_dir that holds the checkpoints or the pipeline of an earlier run "
+        "(default: refuse it). Its checkpoints are removed when this run writes its first checkpoint (or, without "
+        "checkpoints, its pipeline), its pipeline when this run saves its own.",
+    )
     group.add_argument("--report_to", "--logger", default="tensorboard", help="accelerate tracker, or 'none'.")
     group.add_argument("--logging_steps", type=int, default=10, help="Log the losses every N steps.")
     group.add_argument(
@@ -374,6 +381,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     """ValueError for inconsistent arguments and unwritable outputs, before anything is loaded or trained."""
     if args.dataset_name and args.train_data_dir:
         raise ValueError("Give --dataset_name or --train_data_dir, not both.")
+    if args.overwrite_output_dir and args.resume_from_checkpoint is not None:
+        raise ValueError(
+            "Give --overwrite_output_dir (a new run replacing the earlier one) or --resume_from_checkpoint (continuing "
+            "it), not both."
+        )
     _check_ranges(args)
     if args.num_train_timesteps is not None:  # None: it comes from the pretrained model (check_timesteps then)
         check_timesteps(args)

@@ -1,13 +1,14 @@
 """Checkpoints: `Accelerator.save_state` plus our own state (EMA, timestep sampler, step, generators), written to a
 temporary directory and renamed when complete, so that an interrupted save never becomes the latest checkpoint. A
-manifest (size and SHA-256 of every file), written last, lets a resume verify a checkpoint before loading it; "latest"
-falls back to the newest checkpoint that verifies."""
+manifest, written last, records the checkpoint's identity (its step and the run settings that resuming depends on)
+and the size and SHA-256 of every file; a resume verifies a checkpoint against it before loading it, and "latest"
+falls back to the newest checkpoint that verifies. Also the output folder's state: what an earlier run left in it,
+the temporaries of interrupted saves, and the final pipeline, saved atomically."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import re
@@ -25,21 +26,25 @@ from safetensors.torch import load_file, save_file
 from ddpm_plus.training.errors import CheckpointError, TrainingError
 from ddpm_plus.training.launch import log_on_main_process
 from ddpm_plus.training.step import all_finite
-from ddpm_plus.utils import read_json_object, write_json
+from ddpm_plus.utils import atomic_entries, first_difference, read_json_object, write_json
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
 
+    from ddpm_plus.pipeline_ddpm_plus import DDPMPlusPipeline
     from ddpm_plus.training.objective import TrainingGenerators
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE_FILE = "training_state.json"
 EMA_WEIGHTS_FILE = "ema.safetensors"
 MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 2  # 1: files only; 2: also the step and the run signature
+PIPELINE_INDEX_FILE = "model_index.json"  # what makes a folder a saved pipeline; renamed into place last
+_PIPELINE_STAGING = "pipeline"  # `.pipeline.tmp` and `.pipeline.old` while the final pipeline is exchanged
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 _TEMPORARY_SUFFIX = ".tmp"
-_TEMPORARY_NAME = re.compile(r"\.checkpoint-\d+\.tmp")
+_TEMPORARY_NAME = re.compile(rf"\.checkpoint-\d+\.tmp|\.{_PIPELINE_STAGING}\.(tmp|old)")
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", f"os error {errno.ENOSPC}")
 _NEARLY_FULL_BYTES = 1 << 20  # a write that fails with less than this left on its disk failed for want of space
@@ -77,8 +82,8 @@ def resolve_resume_checkpoint(resume_from: str | None, output_dir: str | Path) -
     """The checkpoint to resume from, verified: None, "latest" or a checkpoint directory.
 
     "latest" is the newest checkpoint in `output_dir` that verifies (None when there is none yet); a CheckpointError
-    when checkpoints exist but none verifies. A given directory that does not verify is a CheckpointError naming
-    the bad file.
+    when checkpoints exist but none verifies. A given directory that does not verify (a bad file, or an identity
+    that disagrees with its manifest or its name) is a CheckpointError naming the fault.
     """
     if resume_from is None:
         return None
@@ -102,18 +107,29 @@ def resolve_resume_checkpoint(resume_from: str | None, output_dir: str | Path) -
 
 
 def verify_checkpoint(path: str | Path) -> bool:
-    """Check a finished checkpoint before it is loaded; CheckpointError naming the first bad file.
+    """Check a finished checkpoint before it is loaded; CheckpointError naming the first bad file or the identity
+    that disagrees.
 
     Returns True when every file matches the size and SHA-256 of the manifest, False for a checkpoint written before
     manifests existed: then only its structure is checked (its JSON files parse, its safetensors headers are
-    complete).
+    complete). Either way the step in its folder name, in its manifest (from format 2) and in its training state
+    must agree, and so must the run signatures of its manifest and its training state.
     """
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         _check_structure(path)
+        _check_identity(path, {})
         return False
-    files = _manifest_files(manifest_path)
+    manifest = read_json_object(manifest_path, CheckpointError)
+    _check_files(path, _manifest_files(manifest_path, manifest))
+    _check_identity(path, manifest)
+    return True
+
+
+def _check_files(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    """CheckpointError unless every file of the manifest has its recorded size and SHA-256."""
+    manifest_path = path / MANIFEST_FILE
     for name, expected in files.items():  # sizes first: cheap, and they catch truncation
         size = (path / name).stat().st_size if (path / name).is_file() else None
         if size is None:
@@ -123,14 +139,35 @@ def verify_checkpoint(path: str | Path) -> bool:
     for name, expected in files.items():
         if _fingerprint(path / name)["sha256"] != expected["sha256"]:
             raise CheckpointError(f"{path / name} does not match its SHA-256 checksum in {manifest_path}.")
-    return True
+
+
+def _check_identity(path: Path, manifest: dict[str, Any]) -> None:
+    """CheckpointError when the folder name, the manifest and the training state disagree about the step, or the
+    manifest and the training state about the run signature (a renamed or copied checkpoint, an edited manifest)."""
+    state = read_json_object(path / TRAINING_STATE_FILE, CheckpointError)
+    step = state.get("global_step")
+    named = _CHECKPOINT_NAME.fullmatch(path.name)
+    if named and step is not None and int(named.group(1)) != step:
+        raise CheckpointError(
+            f"{path} is named for step {named.group(1)} but holds step {step} (renamed or copied); it is not "
+            "resumed from under another step's name."
+        )
+    if "step" in manifest and manifest["step"] != step:
+        raise CheckpointError(
+            f"{path / MANIFEST_FILE} records step {manifest['step']}, but {TRAINING_STATE_FILE} holds step {step}."
+        )
+    difference = first_difference(manifest["run"], state.get("run", {})) if "run" in manifest else None
+    if difference is not None:
+        raise CheckpointError(
+            f"{path / MANIFEST_FILE} records other run settings than {TRAINING_STATE_FILE} ({difference})."
+        )
 
 
 def _check_structure(path: Path) -> None:
     """CheckpointError unless the JSON files of a checkpoint parse and its safetensors files are complete and finite
     (earlier versions could checkpoint the weights of a diverged run)."""
     for file in sorted(path.rglob("*.json")):
-        _read_json(file)
+        read_json_object(file, CheckpointError)
     for file in sorted(path.rglob("*.safetensors")):
         try:
             tensors = load_file(str(file))
@@ -140,9 +177,9 @@ def _check_structure(path: Path) -> None:
             raise CheckpointError(f"{file} holds non-finite values (saved after the run diverged).")
 
 
-def _manifest_files(manifest_path: Path) -> dict[str, dict[str, Any]]:
+def _manifest_files(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The `files` of a manifest (name -> size and SHA-256); a CheckpointError naming it when it is corrupt."""
-    files = read_json_object(manifest_path, CheckpointError).get("files")
+    files = manifest.get("files")
     entries_valid = isinstance(files, dict) and all(
         isinstance(entry, dict) and {"size", "sha256"} <= entry.keys() for entry in files.values()
     )
@@ -151,15 +188,9 @@ def _manifest_files(manifest_path: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt: {error}).") from None
-
-
 def remove_unfinished_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Delete the temporary directories of checkpoint saves that were interrupted (killed); returns them."""
+    """Delete the temporary directories of checkpoint and pipeline saves that were interrupted (killed); returns
+    them. Call only while holding the folder's lock: then no live run is writing them."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
@@ -169,15 +200,83 @@ def remove_unfinished_checkpoints(output_dir: str | Path) -> list[Path]:
     return unfinished
 
 
-def prepare_output_dir(output_dir: str | Path, accelerator: Accelerator) -> None:
-    """Create `output_dir` (once nothing can fail on bad input) and remove the checkpoint saves that a kill
-    interrupted, logging each; call on every process."""
+@dataclass
+class EarlierRun:
+    """The finished work of an earlier run in an output folder: its checkpoints, and whether it saved a pipeline."""
+
+    checkpoints: list[Path]
+    pipeline: bool
+
+    def __str__(self) -> str:
+        parts = []
+        if self.checkpoints:
+            parts.append(f"the checkpoints {', '.join(path.name for path in self.checkpoints)}")
+        if self.pipeline:
+            parts.append("a saved pipeline")
+        return " and ".join(parts)
+
+
+def check_new_run(output_dir: str | Path, resume_from: str | None, overwrite: bool) -> EarlierRun | None:
+    """The earlier run that a new run replaces in `output_dir` with `overwrite` (--overwrite_output_dir), or None;
+    without `overwrite`, a ValueError when there is one. A run is new without `resume_from`, and with "latest" when
+    there is no checkpoint to resume from."""
+    output_dir = Path(output_dir)
+    earlier = EarlierRun(
+        [path for _, path in complete_checkpoints(output_dir)], (output_dir / PIPELINE_INDEX_FILE).is_file()
+    )
+    resumes = resume_from is not None and (resume_from != "latest" or bool(earlier.checkpoints))
+    if resumes or not (earlier.checkpoints or earlier.pipeline):
+        return None
+    if resume_from is not None:
+        raise ValueError(
+            f"--output_dir {output_dir} holds {earlier} of an earlier run but no checkpoint to resume from; give "
+            "another --output_dir, or pass --overwrite_output_dir instead of --resume_from_checkpoint to replace that "
+            "run with a new one."
+        )
+    if not overwrite:
+        raise ValueError(
+            f"--output_dir {output_dir} holds {earlier} of an earlier run; continue it with --resume_from_checkpoint "
+            "latest, or pass --overwrite_output_dir to replace that run with a new one."
+        )
+    return earlier
+
+
+def prepare_output_dir(output_dir: str | Path, accelerator: Accelerator, replaced: EarlierRun | None = None) -> None:
+    """Create `output_dir` (once nothing can fail on bad input), remove the saves that a kill interrupted, and log
+    each, and what `replaced` (the earlier run of --overwrite_output_dir) will lose; call on every process, with
+    the folder's lock held."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         for path in remove_unfinished_checkpoints(output_dir):
-            message = f"Removed {path}, the unfinished checkpoint of an interrupted save."
+            what = "pipeline" if path.name.startswith(f".{_PIPELINE_STAGING}.") else "checkpoint"
+            message = f"Removed {path}, the unfinished {what} of an interrupted save."
             log_on_main_process(__name__, logging.INFO, message)
+        if replaced is not None:
+            message = (
+                f"--overwrite_output_dir: this run replaces {replaced} of an earlier run in {output_dir}; they are "
+                "removed when it writes its first checkpoint (or, without checkpoints, its pipeline), the pipeline "
+                "when it saves its own."
+            )
+            log_on_main_process(__name__, logging.WARNING, message)
     accelerator.wait_for_everyone()
+
+
+def remove_replaced_checkpoints(replaced: EarlierRun, keep: Path | None = None) -> list[Path]:
+    """Delete the checkpoints of the earlier run that --overwrite_output_dir replaces, but `keep` (the checkpoint
+    this run has just written under the same name); returns those deleted. Call on the main process."""
+    removed = [path for path in replaced.checkpoints if path != keep and path.is_dir()]
+    for path in removed:
+        shutil.rmtree(path)
+    replaced.checkpoints = []
+    return removed
+
+
+def save_pipeline(pipeline: DDPMPlusPipeline, output_dir: str | Path) -> None:
+    """`pipeline.save_pretrained` into a temporary folder in `output_dir`, whose entries then replace those of an
+    earlier pipeline by renames, model_index.json last: a failed write (a full disk) leaves the earlier pipeline and
+    the checkpoints as they were, and no folder ever holds a half-written pipeline."""
+    with atomic_entries(output_dir, _PIPELINE_STAGING, last=PIPELINE_INDEX_FILE) as temporary:
+        pipeline.save_pretrained(temporary)
 
 
 def save_checkpoint(
@@ -186,22 +285,23 @@ def save_checkpoint(
     step: int,
     write_extra_state: Callable[[Path], None],
     *,
+    run: dict[str, Any],
     total_limit: int | None = None,
 ) -> Path:
-    """Write checkpoint `checkpoint-<step>` atomically; call on every process.
+    """Write checkpoint `checkpoint-<step>` of the run of signature `run` atomically; call on every process.
 
     Everything (accelerate's state, then `write_extra_state(directory)` on every process) goes to a temporary
-    directory. Once all files are written, the main process flushes them to disk, records their sizes and SHA-256
-    in the manifest (the last file written) and renames the directory. Older checkpoints beyond `total_limit` are
-    then removed. A failed write removes the temporary directory and leaves the earlier checkpoints as they were;
-    a full disk or another OSError becomes a one-line TrainingError.
+    directory. Once all files are written, the main process flushes them to disk, records the step, `run` and the
+    files' sizes and SHA-256 in the manifest (the last file written) and renames the directory. Older checkpoints
+    beyond `total_limit` are then removed. A failed write removes the temporary directory and leaves the earlier
+    checkpoints as they were; a full disk or another OSError becomes a one-line TrainingError.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     temporary = output_dir / f".{final.name}{_TEMPORARY_SUFFIX}"
     try:
         with explained_write_errors(f"checkpoint {final.name}", output_dir):
-            _write_checkpoint(accelerator, temporary, write_extra_state)
+            _write_checkpoint(accelerator, temporary, write_extra_state, {"step": step, "run": run})
     except Exception:
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -215,7 +315,12 @@ def save_checkpoint(
     return final
 
 
-def _write_checkpoint(accelerator: Accelerator, temporary: Path, write_extra_state: Callable[[Path], None]) -> None:
+def _write_checkpoint(
+    accelerator: Accelerator,
+    temporary: Path,
+    write_extra_state: Callable[[Path], None],
+    identity: dict[str, Any],
+) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
@@ -229,7 +334,7 @@ def _write_checkpoint(accelerator: Accelerator, temporary: Path, write_extra_sta
             for path in sorted(temporary.rglob("*"))
             if path.is_file()
         }
-        write_json(temporary / MANIFEST_FILE, {"format": 1, "files": files})
+        write_json(temporary / MANIFEST_FILE, {"format": MANIFEST_FORMAT, **identity, "files": files})
         _fingerprint(temporary / MANIFEST_FILE, flush=True)
 
 

@@ -1,6 +1,6 @@
 """What the arguments of a run resolve to, checked before any work: the UNet config at the training resolution (or
-the pretrained model's, when fine-tuning), the noise scheduler, the verified checkpoint to resume from, the training
-set, the held-out images and the reference images of the FID."""
+the pretrained model's, when fine-tuning), the noise scheduler, the verified checkpoint to resume from or the earlier
+run that a new one replaces, the training set, the held-out images and the reference images of the FID."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from ddpm_plus.data import load_image_dataset
 from ddpm_plus.models import downsampling_factor, learns_sigma, unet_config
 from ddpm_plus.resources import FLOAT32_BYTES, check_memory, first_level_channels, network_batch_bytes
 from ddpm_plus.scheduling_ddpm_plus import LEARNED_VARIANCE_TYPES, DDPMPlusScheduler
-from ddpm_plus.training.arguments import check_arguments, check_timesteps, data_source, eval_split
-from ddpm_plus.training.checkpoints import ResumeChoice, resolve_resume_checkpoint
+from ddpm_plus.training.arguments import check_timesteps, data_source, eval_split
+from ddpm_plus.training.checkpoints import EarlierRun, ResumeChoice, check_new_run, resolve_resume_checkpoint
 from ddpm_plus.training.pretrained import Pretrained, apply_pretrained, load_pretrained
 
 
@@ -31,6 +31,7 @@ class RunSetup:
     resume: ResumeChoice | None = None
     fid_reference_set: torch.utils.data.Dataset | None = None  # the training images without augmentation
     pretrained: Pretrained | None = None  # the model that fine-tuning starts from
+    replaced: EarlierRun | None = None  # what --overwrite_output_dir replaces
 
 
 def resolve_unet_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -124,8 +125,8 @@ def check_request(args: argparse.Namespace, config: dict[str, Any], resolution: 
 
 
 def prepare_run(args: argparse.Namespace) -> RunSetup:
-    """Resolve and check everything that can fail on bad input, before any training."""
-    check_arguments(args)
+    """Resolve and check everything that can fail on bad input, before any training: after `check_arguments`, with
+    the lock of --output_dir held (the folder's checkpoints are read here)."""
     pretrained = None
     if args.pretrained_model_name_or_path is not None:
         pretrained = load_pretrained(args.pretrained_model_name_or_path)
@@ -136,6 +137,7 @@ def prepare_run(args: argparse.Namespace) -> RunSetup:
         config, resolution = resolve_unet_config(args)
     check_request(args, config, resolution)
     noise_scheduler = build_noise_scheduler(args, config, pretrained)
+    replaced = check_new_run(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     resume = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     train_set, eval_images = load_datasets(args, resolution, config["in_channels"])
     fid_reference_set = None
@@ -143,4 +145,6 @@ def prepare_run(args: argparse.Namespace) -> RunSetup:
         fid_reference_set = load_split(
             args, resolution, config["in_channels"], "train", center_crop=args.center_crop, random_flip=False
         )
-    return RunSetup(config, noise_scheduler, train_set, eval_images, resolution, resume, fid_reference_set, pretrained)
+    return RunSetup(
+        config, noise_scheduler, train_set, eval_images, resolution, resume, fid_reference_set, pretrained, replaced
+    )

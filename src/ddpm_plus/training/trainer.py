@@ -25,6 +25,7 @@ from ddpm_plus.training.checkpoints import (
     latest_checkpoint,
     load_ema_state,
     load_generators,
+    remove_replaced_checkpoints,
     save_checkpoint,
     save_ema_weights,
     save_generators,
@@ -136,9 +137,22 @@ class Trainer:
             self.args.output_dir,
             self.global_step,
             self.write_extra_state,
+            run=run_signature(self.args, self.setup, self.accelerator.num_processes),
             total_limit=self.args.checkpoints_total_limit,
         )
         log_on_main_process(__name__, logging.INFO, f"Saved checkpoint {path}")
+        self.remove_replaced_checkpoints(keep=path)
+
+    def remove_replaced_checkpoints(self, keep: Path | None = None) -> None:
+        """With --overwrite_output_dir, once this run has written its first checkpoint (`keep`) or its pipeline: the
+        earlier run's checkpoints go (main process), so that "latest" never resumes the earlier run."""
+        replaced = self.setup.replaced
+        if replaced is None or not replaced.checkpoints or not self.accelerator.is_main_process:
+            return
+        removed = remove_replaced_checkpoints(replaced, keep)
+        if removed:
+            names = ", ".join(path.name for path in removed)
+            log_on_main_process(__name__, logging.INFO, f"Removed the earlier run's checkpoints {names}.")
 
     def resume(self) -> None:
         """Restore the verified checkpoint chosen in `prepare_run`, if any: weights, optimizer, RNGs, EMA, sampler,
