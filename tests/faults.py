@@ -17,13 +17,25 @@ from pathlib import Path
 from helpers.launch import REPO, cpu_environment
 from helpers.train_with_faults import TRAIN_SCRIPT
 
+from ddpm_plus.ownership import LOCK_FILE
+
 FAULT_LAUNCHER = REPO / "tests" / "helpers" / "fault_at.py"
 
 
 def tree_hashes(*roots: Path) -> dict[str, str]:
-    """SHA-256 of every file below `roots` (or of `roots` themselves, if files), keyed by path."""
+    """SHA-256 of every file below `roots` (or of `roots` themselves, if files), keyed by path; the empty lock file
+    that a command leaves beside or in its output location (docs/failure-behaviour.md, run ownership) is no output
+    and is left out, while a lock file with content, or a holder record left behind, counts as a change."""
     files = [path for root in roots for path in ([root] if root.is_file() else sorted(root.rglob("*")))]
-    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in files if path.is_file()}
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in files
+        if path.is_file() and not is_empty_lock_file(path)
+    }
+
+
+def is_empty_lock_file(path: Path) -> bool:
+    return path.name.endswith(LOCK_FILE) and path.stat().st_size == 0
 
 
 def run_ddpm_plus(

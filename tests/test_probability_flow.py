@@ -156,10 +156,11 @@ def test_gaussian_ode_log_density_is_exact_and_catches_a_one_percent_error(confi
     x = torch.randn(6, 2, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * VAR.sqrt() + MEAN
     reference = GaussianFlow(config, MEAN, VAR)
     expected = reference.log_density(x)
-    tolerance = 1e-7
+    tolerance = 1e-8
     solution = solve_flow(gaussian_flow_model(config), x, None, rtol=tolerance, atol=tolerance)
     error = (solution.log_density - expected).abs().max().item()
-    # the solver's error per image stays within a few hundred times its tolerance, a thousandth of a nat here
+    # the solver's error per image shrinks with its tolerance (the 20-step chain's kinked schedule needs the most
+    # steps): at 1e-8 it stays within a few thousand times the tolerance, under 1e-4 nats here
     assert error < 1e-4
     np.testing.assert_allclose(solution.noise, reference.end_point(x), atol=1e-4)
     for wrong in (gaussian_flow_model(config, score_scale=1.01), gaussian_flow_model(config, beta_error=True)):
