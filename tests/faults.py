@@ -17,7 +17,7 @@ from pathlib import Path
 from helpers.launch import REPO, cpu_environment
 from helpers.train_with_faults import TRAIN_SCRIPT
 
-from ddpm_plus.ownership import LOCK_FILE
+from ddpm_plus.ownership import is_left_lock_file
 
 FAULT_LAUNCHER = REPO / "tests" / "helpers" / "fault_at.py"
 
@@ -30,12 +30,8 @@ def tree_hashes(*roots: Path) -> dict[str, str]:
     return {
         str(path): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in files
-        if path.is_file() and not is_empty_lock_file(path)
+        if path.is_file() and not is_left_lock_file(path)
     }
-
-
-def is_empty_lock_file(path: Path) -> bool:
-    return path.name.endswith(LOCK_FILE) and path.stat().st_size == 0
 
 
 def run_ddpm_plus(

@@ -33,10 +33,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ddpm_plus.training.arguments import parse_args
+from ddpm_plus.training.arguments import check_arguments, parse_args
 
-if __name__ == "__main__":  # --help and malformed flags answer before torch, accelerate and diffusers load
+
+def user_error(error: Exception) -> int:
+    """Print `error` as one line on stderr (naming the process under `accelerate launch`); returns exit code 2."""
+    rank = os.environ.get("RANK", "0")
+    where = Path(__file__).name if rank == "0" else f"{Path(__file__).name} (process {rank})"
+    print(f"{where}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # --help, malformed flags and values out of range answer before torch and diffusers load
     COMMAND_LINE = parse_args(description=__doc__)
+    try:
+        check_arguments(COMMAND_LINE)
+    except ValueError as early_error:
+        raise SystemExit(user_error(early_error)) from None
 
 import torch
 from accelerate import Accelerator
@@ -61,7 +74,6 @@ from ddpm_plus.training import (
     TrainingGenerators,
     TrainingStep,
     build_optimizer,
-    check_arguments,
     configure_backends,
     create_accelerator,
     dataset_description,
@@ -309,10 +321,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return main(args)
     except (ValueError, TrainingError) as error:
-        rank = os.environ.get("RANK", "0")
-        where = Path(__file__).name if rank == "0" else f"{Path(__file__).name} (process {rank})"
-        print(f"{where}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return user_error(error)
 
 
 if __name__ == "__main__":

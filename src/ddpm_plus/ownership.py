@@ -37,6 +37,11 @@ def beside_lock_file(path: Path) -> Path:
     return path.with_name(f".{path.name}{LOCK_FILE}")
 
 
+def is_left_lock_file(path: Path) -> bool:
+    """Whether `path` is a lock file as a run leaves it: empty, and no output of any run."""
+    return path.name.endswith(LOCK_FILE) and path.stat().st_size == 0
+
+
 def is_main_launched_process() -> bool:
     """Whether this process is the main one (rank 0) of `accelerate launch`, or was started alone."""
     return os.environ.get("RANK", "0") == "0"
