@@ -54,10 +54,15 @@ CASES = {
                       "--output", "OUT/bpd.json"), "with --batch-size 1000000000000 needs at least"),
     "train --resolution 65536 (memory)": Case(
         "train", ("--output_dir", "OUT", *TINY_TRAINING, "--resolution", "65536"),
-        "--train_batch_size 64 at 65536x65536 needs at least"),
+        "--train_batch_size 64 at --resolution 65536 needs at least"),
     "train --eval_batch_size 10^12 (memory)": Case(
         "train", ("--output_dir", "OUT", *TINY_TRAINING, "--eval_batch_size", "1000000000000"),
-        "--eval_batch_size 1000000000000 at 16x16 needs at least"),
+        "--eval_batch_size 1000000000000 at --resolution 16 needs at least"),
+    "sample --steps beyond T (no manifest written, no sampling started)": Case(
+        "ddpm-plus", ("sample", "--model", "MODEL", "--steps", "50", "--out", "OUT/grid.png"),
+        "--steps 50 exceeds the model's 20 training timesteps"),
+    "sample --out a folder": Case(
+        "ddpm-plus", ("sample", "--model", "MODEL", "--out", "OUT"), "must be a .png file, got OUT, a directory"),
     # paths: refused before work when logs, manifests and cards could not carry them
     "train --output_dir not UTF-8": Case(
         "train", ("--output_dir", "OUT/run-\udcff", *TINY_TRAINING), "is not UTF-8 text"),
@@ -105,7 +110,7 @@ def test_fault_is_refused_in_one_line_before_work(name, model, earlier, tmp_path
     before = tree_hashes(earlier)
     run = run_ddpm_plus if case.kind == "ddpm-plus" else run_train
     result = run(*arguments, cwd=tmp_path)
-    assert_refused_without_change(result, case.message, before, earlier)
+    assert_refused_without_change(result, case.message.replace("OUT", str(earlier)), before, earlier)
 
 
 def test_a_saved_scheduler_with_a_zero_clip_range_is_refused_in_one_line(model, earlier, tmp_path):

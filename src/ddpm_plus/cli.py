@@ -440,7 +440,8 @@ def _metric_list(text: str) -> tuple[str, ...]:
 def _png_path(text: str) -> Path:
     path = Path(text)
     if path.suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"must be a .png file, got {text}")
+        folder = ", a directory" if path.is_dir() else ""
+        raise argparse.ArgumentTypeError(f"must be a .png file, got {text}{folder}")
     return path
 
 

@@ -157,6 +157,8 @@ def sampling_steps(args: argparse.Namespace, pipeline: DDPMPlusPipeline) -> int:
     num_train_timesteps = pipeline.scheduler.config.num_train_timesteps
     if args.timestep_respacing is not None:
         return len(respaced_timesteps(num_train_timesteps, args.timestep_respacing))
+    if args.steps is not None and args.steps > num_train_timesteps:
+        raise ValueError(f"--steps {args.steps} exceeds the model's {num_train_timesteps} training timesteps.")
     return args.steps or num_train_timesteps
 
 

@@ -121,7 +121,7 @@ def check_request(args: argparse.Namespace, config: dict[str, Any], resolution: 
         activation = network_batch_bytes(
             batch_size, first_level_channels(config), resolution, resolution, FLOAT32_BYTES
         )
-        check_memory(copies * activation, f"{option} {batch_size} at {resolution}x{resolution}", device)
+        check_memory(copies * activation, f"{option} {batch_size} at --resolution {resolution}", device)
 
 
 def prepare_run(args: argparse.Namespace) -> RunSetup:
