@@ -29,6 +29,21 @@ def tiny_unet(
     return unet.to(dtype).eval()
 
 
+def digits_unet() -> UNet2DModel:
+    """A deterministic UNet2DModel for the 16x16 grey digits, as the README and docs examples load them."""
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+
+
 def ddpm_unet(in_channels: int = 3, dropout: float = 0.0) -> UNet2DModel:
     """A 16x16 UNet2DModel of 45,259 parameters (3 channels) with the DDPM network's conventions: attention at the
     lower resolution, sinusoidal time embedding without the sin/cos flip. Initialised from torch's global seed."""

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler
 from markdown_blocks import fenced_blocks, shown_commands
 from openai_fixtures.weights import random_state_dict
+from pipeline_fixtures import digits_unet
 
 from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 from ddpm_plus.cli import build_parser
@@ -41,20 +42,6 @@ def python_blocks(page: Path) -> list[str]:
     return fenced_blocks(page.read_text(encoding="utf-8"), "python")
 
 
-def tiny_unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-
-
 def released_checkpoint(name: str) -> dict:
     with gzip.open(ROOT / "tests" / "openai_fixtures" / "readme_checkpoints.json.gz", "rt") as file:
         return next(row for row in json.load(file) if row["checkpoint"] == name)
@@ -64,13 +51,13 @@ def released_checkpoint(name: str) -> dict:
 def folder(tmp_path_factory) -> Path:
     """The working folder of the blocks, with everything they load."""
     folder = tmp_path_factory.mktemp("docs")
-    pipe = DDPMPlusPipeline(unet=tiny_unet(), scheduler=DDPMPlusScheduler())
+    pipe = DDPMPlusPipeline(unet=digits_unet(), scheduler=DDPMPlusScheduler())
     for path in SAVED_PIPELINES:
         pipe.save_pretrained(folder / path)
     for path in PLAIN_DDPM_PIPELINES:
-        DDPMPipeline(unet=tiny_unet(), scheduler=DDPMScheduler()).save_pretrained(folder / path)
+        DDPMPipeline(unet=digits_unet(), scheduler=DDPMScheduler()).save_pretrained(folder / path)
     for path in SWAPPED_SCHEDULER_PIPELINES:
-        DDPMPipeline(unet=tiny_unet(), scheduler=DDPMPlusScheduler()).save_pretrained(folder / path)
+        DDPMPipeline(unet=digits_unet(), scheduler=DDPMPlusScheduler()).save_pretrained(folder / path)
     shutil.copytree(ROOT / "pipelines", folder / "pipelines")
     row = released_checkpoint(CONVERTED_CHECKPOINT)
     shapes = {key: [shape, "float32"] for key, shape in row["state_dict_shapes"].items()}
@@ -84,7 +71,7 @@ def reader_namespace() -> dict:
     a trained model (random weights take thousands)."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 1, 16, 16), generator=generator).float() / 127.5 - 1
-    unet = tiny_unet()
+    unet = digits_unet()
     torch.nn.init.zeros_(unet.conv_out.weight)
     torch.nn.init.zeros_(unet.conv_out.bias)
     return {"pipe": DDPMPlusPipeline(unet=unet, scheduler=DDPMPlusScheduler()), "images": images}

@@ -4,9 +4,8 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-from diffusers import UNet2DModel
 from markdown_blocks import fenced_blocks, shown_commands
+from pipeline_fixtures import digits_unet
 
 from ddpm_plus import DDPMPlusPipeline, DDPMPlusScheduler
 
@@ -85,18 +84,7 @@ def heading_anchors(markdown: str) -> set[str]:
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     """The README's Python blocks, run in order in one namespace, against a tiny digits-sized pipeline saved at the
     path the README uses (runs/digits)."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    DDPMPlusPipeline(unet=unet, scheduler=DDPMPlusScheduler()).save_pretrained(tmp_path / "runs" / "digits")
+    DDPMPlusPipeline(unet=digits_unet(), scheduler=DDPMPlusScheduler()).save_pretrained(tmp_path / "runs" / "digits")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     blocks = fenced_blocks(README, "python")
