@@ -747,8 +747,10 @@ class DDPMPlusScheduler(DDPMScheduler):
         if t.shape != (batch_size,):
             raise ValueError(f"timesteps must be a scalar or have shape ({batch_size},), got {tuple(t.shape)}.")
         num_steps = self.config.num_train_timesteps
-        if t.numel() and (t.min() < 0 or t.max() >= num_steps):
-            raise ValueError(f"timesteps must lie in 0..{num_steps - 1}, got values in [{t.min()}, {t.max()}].")
+        if t.numel():
+            low, high = (int(value) for value in torch.aminmax(t))  # one pass: add_noise runs every training step
+            if low < 0 or high >= num_steps:
+                raise ValueError(f"timesteps must lie in 0..{num_steps - 1}, got values in [{low}, {high}].")
         return t
 
     def _per_sample(self, table: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
